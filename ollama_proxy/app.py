@@ -1,0 +1,39 @@
+"""The objects every handler shares, built once per process by ``service.py``."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import attrs
+
+from ollama_proxy.backend import BackendClient
+from ollama_proxy.catalog import ModelCatalog, RecentModels
+from ollama_proxy.config import ProxyConfig
+
+
+@attrs.define
+class App:
+    """Passed to every resource instead of module globals, so tests build as many as they like."""
+
+    config: ProxyConfig
+    reactor: (
+        Any  # IReactorTime + IReactorTCP; typed loosely because Twisted's reactor has no single interface
+    )
+    backend: BackendClient
+    catalog: ModelCatalog
+    recent: RecentModels
+    started_at: float  # wall clock at start-up: the modified_at of models whose backend gives no date
+
+    @classmethod
+    def build(cls, config: ProxyConfig, reactor: Any) -> App:
+        backend = BackendClient(
+            reactor,
+            config.backend,
+            api_key=config.api_key,
+            pool_size=config.pool_size,
+            connect_timeout=config.connect_timeout,
+        )
+        catalog = ModelCatalog(
+            backend, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
+        )
+        return cls(config, reactor, backend, catalog, RecentModels(reactor), reactor.seconds())

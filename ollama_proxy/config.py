@@ -1,0 +1,326 @@
+"""The daemon's settings: one frozen object, built once at start-up from the command line, the environment,
+an optional TOML file and defaults, in that order of precedence.
+
+Each setting is declared once in ``SETTINGS`` (its option name, environment variable, TOML key, parser and
+default), so the three sources cannot drift apart.  Any bad value becomes a ``ConfigError`` whose message
+starts with the option's name; ``tap.py`` prints it as one line.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import json
+import sys
+from collections.abc import Callable, Mapping
+from typing import Any
+from urllib.parse import urlsplit
+
+import attrs
+
+from ollama_proxy.errors import ConfigError
+from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.models import KNOWN_CAPABILITIES, ModelOverride
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - exercised only on Python 3.10
+    import tomli as tomllib
+
+DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
+# What /api/version reports.  VS Code Copilot refuses anything below 0.6.4; clients gate features
+# (thinking, tool_name, think levels, tool-call ids) on newer versions, so report a current release.
+DEFAULT_OLLAMA_VERSION = "0.13.5"
+
+
+@attrs.frozen
+class ProxyConfig:
+    """Everything the daemon needs to start; never mutated (a model-map reload replaces only the map)."""
+
+    backend: str
+    listen: tuple[str, ...] = (DEFAULT_LISTEN,)
+    api_key: str | None = attrs.field(default=None, repr=False)
+    dialect: Dialect = Dialect.VLLM
+    model_map_path: str | None = None
+    model_map: Mapping[str, str] = attrs.field(factory=dict)
+    models: Mapping[str, ModelOverride] = attrs.field(factory=dict)
+    ollama_version: str = DEFAULT_OLLAMA_VERSION
+    pool_size: int = 16
+    models_ttl: float = 10.0
+    connect_timeout: float = 10.0
+
+
+# -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
+
+
+def parse_backend_url(value: str) -> str:
+    """The OpenAI base URL exactly as the OpenAI SDK's ``base_url`` takes it, without a trailing slash."""
+    text = value.strip()
+    parts = urlsplit(text)
+    if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
+        raise ValueError(f"{value!r} is not an http:// or https:// URL (e.g. http://gpu1:8000/v1)")
+    try:
+        parts.port  # noqa: B018 -- accessing .port validates it
+    except ValueError:
+        raise ValueError(f"{value!r} has an invalid port") from None
+    if parts.query or parts.fragment:
+        raise ValueError(f"{value!r} must not carry a query or fragment")
+    return text.rstrip("/")
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} must be a positive integer") from None
+    if number < 1:
+        raise ValueError(f"{value!r} must be a positive integer")
+    return number
+
+
+def _positive_float(value: str) -> float:
+    try:
+        number = float(value)
+    except ValueError:
+        raise ValueError(f"{value!r} must be a positive number of seconds") from None
+    if not number > 0:
+        raise ValueError(f"{value!r} must be a positive number of seconds")
+    return number
+
+
+def _dialect(value: str) -> Dialect:
+    try:
+        return Dialect(value.strip().lower())
+    except ValueError:
+        choices = ", ".join(d.value for d in Dialect)
+        raise ValueError(f"{value!r} is not one of {choices}") from None
+
+
+def _version(value: str) -> str:
+    parts = value.strip().split(".")
+    if not all(p.isdigit() for p in parts) or len(parts) < 2:
+        # Copilot and Open WebUI parse it as dotted integers.
+        raise ValueError(f"{value!r} must be a dotted numeric version such as 0.13.5")
+    return value.strip()
+
+
+def listen_from_ollama_host(value: str) -> str:
+    """The listening endpoint for an ``OLLAMA_HOST`` value, read the way Ollama reads it.
+
+    ``0.0.0.0`` → all interfaces on 11434, ``:8080`` → all interfaces on 8080, ``http://host:port``,
+    ``[::1]:11434``; a missing host means 127.0.0.1 and a missing port 11434 (80/443 for explicit schemes).
+    """
+    text = value.strip()
+    default_port = 11434
+    scheme, sep, rest = text.partition("://")
+    if not sep:
+        rest = text
+    elif scheme == "http":
+        default_port = 80
+    elif scheme == "https":
+        default_port = 443
+    hostport = rest.split("/", 1)[0]
+    host, port = _split_host_port(hostport, default_port)
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return f"tcp:{port}:interface={host}"
+    if address.version == 6:
+        return f"tcp6:{port}:interface={str(address).replace(':', chr(92) + ':')}"
+    return f"tcp:{port}:interface={address}"
+
+
+def _split_host_port(hostport: str, default_port: int) -> tuple[str, int]:
+    if hostport.startswith("["):
+        host, _, tail = hostport[1:].partition("]")
+        port_text = tail.removeprefix(":")
+    elif hostport.count(":") == 1:
+        host, _, port_text = hostport.partition(":")
+        # Go listens on every interface for ":8080".
+        host = host or "0.0.0.0"  # noqa: S104 -- what OLLAMA_HOST=":PORT" means in Ollama
+    else:
+        host, port_text = hostport, ""
+    host = host or "127.0.0.1"
+    if not port_text:
+        return host, default_port
+    if not port_text.isdigit() or int(port_text) > 65535:
+        raise ValueError(f"OLLAMA_HOST has an invalid port {port_text!r}")
+    return host, int(port_text)
+
+
+@attrs.frozen
+class Setting:
+    """One configuration value and where it may come from."""
+
+    name: str  # option name, also the TOML key with - → _
+    parse: Callable[[str], Any]
+    help: str
+    short: str | None = None
+
+    @property
+    def env(self) -> str:
+        return "OLLAMA_PROXY_" + self.name.upper().replace("-", "_")
+
+    @property
+    def key(self) -> str:
+        return self.name.replace("-", "_")
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting(
+        "backend",
+        parse_backend_url,
+        "Base URL of the OpenAI-compatible backend, e.g. http://gpu1:8000/v1.",
+        "b",
+    ),
+    Setting("dialect", _dialect, "Backend flavour for extra fields: vllm, openai, openrouter, llamacpp."),
+    Setting("api-key-file", str, "File holding the backend API key (default: $OPENAI_API_KEY)."),
+    Setting("model-map", str, 'JSON file {"ollama-name": "backend-model-id"}; reloaded on SIGHUP.', "m"),
+    Setting("ollama-version", _version, "Version reported by /api/version."),
+    Setting("pool-size", _positive_int, "Idle backend connections kept open for reuse."),
+    Setting("models-ttl", _positive_float, "Seconds the backend's model list is cached."),
+    Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
+)
+
+
+def guess_dialect(backend: str) -> Dialect:
+    host = (urlsplit(backend).hostname or "").lower()
+    if host == "api.openai.com":
+        return Dialect.OPENAI
+    if host.endswith("openrouter.ai"):
+        return Dialect.OPENROUTER
+    return Dialect.VLLM
+
+
+def _read_text(path: str, option: str) -> str:
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return handle.read()
+    except OSError as exc:
+        raise ConfigError(f"--{option}: cannot read {path}: {exc.strerror or exc}") from None
+
+
+def load_model_map(path: str) -> dict[str, str]:
+    """Read and check a model-map file; ConfigError names ``--model-map`` and what is wrong."""
+    text = _read_text(path, "model-map")
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--model-map: {path} is not valid JSON: {exc}") from None
+    if not isinstance(data, dict) or not all(
+        isinstance(k, str) and isinstance(v, str) and k and v for k, v in data.items()
+    ):
+        raise ConfigError(
+            f'--model-map: {path} must be a JSON object of {{"ollama-name": "backend-model-id"}}'
+        )
+    return dict(data)
+
+
+def _read_api_key(path: str) -> str:
+    key = _read_text(path, "api-key-file").strip()
+    if not key:
+        raise ConfigError(f"--api-key-file: {path} is empty")
+    return key
+
+
+def _overrides(table: Any) -> dict[str, ModelOverride]:
+    if not isinstance(table, dict):
+        raise ConfigError("--config: [models] must be a table of per-model tables")
+    result: dict[str, ModelOverride] = {}
+    fields = {f.name for f in attrs.fields(ModelOverride)}
+    for name, values in table.items():
+        where = f'--config: [models."{name}"]'
+        if not isinstance(values, dict):
+            raise ConfigError(f"{where} must be a table")
+        unknown = set(values) - fields
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        capabilities = values.get("capabilities")
+        if capabilities is not None:
+            if not isinstance(capabilities, list) or not set(capabilities) <= KNOWN_CAPABILITIES:
+                known = ", ".join(sorted(KNOWN_CAPABILITIES))
+                raise ConfigError(f"{where} capabilities must be a list drawn from {known}")
+            values = {**values, "capabilities": tuple(capabilities)}
+        for key in ("context_length", "embedding_length", "size"):
+            if key in values and (not isinstance(values[key], int) or values[key] < 0):
+                raise ConfigError(f"{where} {key} must be a non-negative integer")
+        for key in ("family", "parameter_size", "quantization_level"):
+            if key in values and not isinstance(values[key], str):
+                raise ConfigError(f"{where} {key} must be a string")
+        result[name] = ModelOverride(**values)
+    return result
+
+
+def _toml(path: str) -> dict[str, Any]:
+    text = _read_text(path, "config")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"--config: {path} is not valid TOML: {exc}") from None
+
+
+def build_config(
+    cli: Mapping[str, Any],
+    environ: Mapping[str, str],
+    config_path: str | None = None,
+    listen: tuple[str, ...] = (),
+) -> ProxyConfig:
+    """Merge command line > environment > TOML file > defaults into a validated ProxyConfig.
+
+    ``cli`` holds option values as parsed (None when not given); ``listen`` the repeated ``--listen``.
+    """
+    config_path = config_path or environ.get("OLLAMA_PROXY_CONFIG") or None
+    toml = _toml(config_path) if config_path else {}
+    known_keys = {s.key for s in SETTINGS} | {"listen", "models"}
+    unknown = set(toml) - known_keys
+    if unknown:
+        raise ConfigError(f"--config: unknown settings: {', '.join(sorted(unknown))}")
+
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        raw: Any = cli.get(setting.name)
+        source = f"--{setting.name}"
+        if raw is None and setting.env in environ:
+            raw, source = environ[setting.env], f"--{setting.name} (from {setting.env})"
+        if raw is None and setting.key in toml:
+            raw, source = toml[setting.key], f"--{setting.name} (from {config_path})"
+        if raw is None:
+            continue
+        try:
+            values[setting.key] = setting.parse(str(raw))
+        except ValueError as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+
+    if "backend" not in values:
+        raise ConfigError("--backend: required (or set OLLAMA_PROXY_BACKEND)")
+    endpoints = _listen(listen, environ, toml)
+    api_key_file = values.pop("api_key_file", None)
+    api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
+    model_map_path = values.pop("model_map", None)
+    return ProxyConfig(
+        listen=endpoints,
+        api_key=api_key,
+        dialect=values.pop("dialect", None) or guess_dialect(values["backend"]),
+        model_map_path=model_map_path,
+        model_map=load_model_map(model_map_path) if model_map_path else {},
+        models=_overrides(toml.get("models", {})),
+        **values,
+    )
+
+
+def _listen(cli: tuple[str, ...], environ: Mapping[str, str], toml: Mapping[str, Any]) -> tuple[str, ...]:
+    if cli:
+        return cli
+    if environ.get("OLLAMA_PROXY_LISTEN"):
+        return tuple(environ["OLLAMA_PROXY_LISTEN"].split())
+    if "listen" in toml:
+        found = toml["listen"]
+        found = [found] if isinstance(found, str) else found
+        if not isinstance(found, list) or not found or not all(isinstance(e, str) for e in found):
+            raise ConfigError("--listen (from --config): must be an endpoint string or a list of them")
+        return tuple(found)
+    if environ.get("OLLAMA_HOST"):
+        try:
+            return (listen_from_ollama_host(environ["OLLAMA_HOST"]),)
+        except ValueError as exc:
+            raise ConfigError(f"--listen (from OLLAMA_HOST): {exc}") from None
+    return (DEFAULT_LISTEN,)

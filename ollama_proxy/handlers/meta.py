@@ -1,0 +1,78 @@
+"""Ollama's metadata endpoints: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``, ``/api/ps``.
+
+These are what clients call first (Copilot: version → tags → show for each model), so they answer from
+the cached backend model list and never from canned text.
+"""
+
+from __future__ import annotations
+
+from twisted.web.resource import IResource
+from twisted.web.server import Request
+
+from ollama_proxy.catalog import ModelCatalog, local_offset
+from ollama_proxy.errors import BadRequest
+from ollama_proxy.schemas import ModelRequest, structure
+from ollama_proxy.translate import models
+from ollama_proxy.translate.timestamps import ZERO_TIME, rfc3339_local
+from ollama_proxy.web import Handler, JSONResource, NotFoundResource, read_json, reply_json, reply_text
+
+
+class RootResource(JSONResource):
+    """``GET|HEAD /``: the heartbeat the Go CLI, Enchanted and JetBrains clients probe."""
+
+    async def on_get(self, request: Request) -> None:
+        reply_text(request, "Ollama is running")
+
+    def getChild(self, path: bytes, request: Request) -> IResource:
+        # "/" arrives as the child b"" of the root; anything else unknown is a JSON 404.
+        return self if path == b"" else NotFoundResource()
+
+
+def modified_at(info: models.ModelInfo, fallback: float) -> str:
+    """The backend's ``created`` date, else the daemon's start, in Ollama's local-offset form."""
+    wall = float(info.created) if info.created else fallback
+    if wall <= 0:
+        return ZERO_TIME
+    return rfc3339_local(wall, local_offset(wall))
+
+
+class VersionResource(Handler):
+    async def on_get(self, request: Request) -> None:
+        reply_json(request, {"version": self.app.config.ollama_version})
+
+
+class TagsResource(Handler):
+    async def on_get(self, request: Request) -> None:
+        catalog: ModelCatalog = self.app.catalog
+        started = self.app.started_at
+        entries = [
+            models.tags_entry(name, info, modified_at(info, started))
+            for name, info in await catalog.listing()
+        ]
+        reply_json(request, {"models": entries})
+
+
+class ShowResource(Handler):
+    async def on_post(self, request: Request) -> None:
+        show = structure(read_json(request), ModelRequest)
+        if not show.requested:
+            raise BadRequest("model is required")
+        resolved = await self.app.catalog.resolve(show.requested)
+        user_agent = (request.getHeader(b"user-agent") or b"").decode("latin-1").lower()
+        # Copilot shows general.basename as the model's display name; Ollama sets it to the requested name.
+        basename = show.requested if user_agent.startswith("githubcopilotchat/") else None
+        reply_json(
+            request,
+            models.show_reply(
+                resolved.info, modified_at(resolved.info, self.app.started_at), basename=basename
+            ),
+        )
+
+
+class PsResource(Handler):
+    async def on_get(self, request: Request) -> None:
+        entries = []
+        for until, resolved in self.app.recent.current():
+            expires = rfc3339_local(until, local_offset(until))
+            entries.append(models.ps_entry(models.listed_name(resolved.name), resolved.info, expires))
+        reply_json(request, {"models": entries})

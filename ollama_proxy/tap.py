@@ -1,0 +1,67 @@
+"""``twistd ollamaproxy``: command-line options and the service they build."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Any
+
+from twisted.python import usage
+
+from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
+from ollama_proxy.errors import ConfigError
+from ollama_proxy.service import ProxyService
+
+
+class Options(usage.Options):
+    """Every value may also come from ``OLLAMA_PROXY_<NAME>`` or the ``--config`` TOML file."""
+
+    synopsis = "[options]"
+    longdesc = (
+        "Serve the Ollama HTTP API from an OpenAI-compatible backend (vLLM, OpenAI, OpenRouter, llama.cpp)."
+    )
+    optParameters = [  # noqa: RUF012 -- Twisted reads this class attribute
+        ["config", "c", None, "TOML configuration file (see etc/ollama-proxy.toml)."],
+        *[[s.name, s.short, None, s.help] for s in SETTINGS],
+    ]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.listen: list[str] = []
+        self.config: ProxyConfig | None = None
+
+    def opt_listen(self, endpoint: str) -> None:
+        """Endpoint to listen on, repeatable (default: OLLAMA_HOST, else tcp:11434:interface=127.0.0.1)."""
+        self.listen.append(endpoint)
+
+    opt_l = opt_listen
+
+    def postOptions(self) -> None:
+        try:
+            config = build_config(self, os.environ, self["config"], tuple(self.listen))
+            _check_endpoints(config.listen)
+        except ConfigError as exc:
+            # One clear line and a non-zero exit, rather than twistd's full usage text or a traceback.
+            print(f"ollamaproxy: {exc}", file=sys.stderr)  # noqa: T201 -- start-up error for the operator
+            raise SystemExit(2) from None
+        self.config = config
+
+
+def _check_endpoints(endpoints: tuple[str, ...]) -> None:
+    from twisted.internet import reactor
+    from twisted.internet.endpoints import serverFromString
+
+    for description in endpoints:
+        try:
+            serverFromString(reactor, description)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(f"--listen: {description!r} is not a valid endpoint: {exc}") from None
+
+
+def makeService(options: Options, reactor: Any = None) -> ProxyService:
+    if reactor is None:
+        from twisted.internet import reactor as global_reactor
+
+        reactor = global_reactor
+    assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
+    return ProxyService(options.config, reactor)

@@ -1,0 +1,157 @@
+"""The daemon as an operator runs it: ``twistd -n ollamaproxy ...`` in its own process."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import ollama
+import pytest
+from twisted.application.service import IServiceMaker
+from twisted.plugin import getPlugins
+
+ROOT = Path(__file__).resolve().parent.parent
+TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def test_plugin_is_discoverable() -> None:
+    assert "ollamaproxy" in {plugin.tapname for plugin in getPlugins(IServiceMaker)}
+
+
+def test_no_init_files_under_twisted() -> None:
+    """An __init__.py there would hide our plugin directory or overwrite Twisted's own on install."""
+    assert not (ROOT / "twisted" / "__init__.py").exists()
+    assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
+
+
+class Child:
+    """A subprocess whose stdout lines are read by a thread, so a test can wait for one with a timeout."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output was:\n{''.join(self.seen)}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def _env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+@pytest.fixture
+def backend_process() -> Iterator[str]:
+    child = Child([sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0"], _env())
+    url = child.wait_for(r"listening on (\S+)").group(1)
+    yield url
+    child.stop()
+
+
+def test_twistd_serves_the_ollama_sdk(backend_process: str, tmp_path: Path) -> None:
+    model_map = tmp_path / "map.json"
+    model_map.write_text(json.dumps({"qwen": "Qwen/Qwen2.5-7B-Instruct"}))
+    daemon = Child(
+        [
+            str(TWISTD),
+            "-n",
+            "--pidfile=",
+            "ollamaproxy",
+            "--backend",
+            backend_process,
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            "--model-map",
+            str(model_map),
+        ],
+        _env(OPENAI_API_KEY="sk-never-logged"),
+    )
+    try:
+        url = daemon.wait_for(r"listening on (http://\S+)").group(1)
+        client = ollama.Client(host=url)
+        assert "qwen:latest" in [m.model for m in client.list().models]
+        shown = client.show("qwen")
+        assert shown.capabilities == ["completion", "tools"]
+        assert shown.modelinfo is not None
+        assert shown.modelinfo["qwen2.context_length"] == 8192
+        assert client.ps().models == []
+        with pytest.raises(ollama.ResponseError) as caught:
+            client.show("unknown")
+        assert caught.value.status_code == 404
+        head = urllib.request.urlopen(urllib.request.Request(url + "/", method="HEAD"), timeout=10)  # noqa: S310
+        assert head.status == 200
+
+        # SIGHUP reloads the model map; a broken file keeps the old one.
+        model_map.write_text(json.dumps({"other": "Qwen/Qwen2.5-7B-Instruct"}))
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(r"model map reloaded")
+        assert client.show("other").capabilities == ["completion", "tools"]
+        model_map.write_text("{broken")
+        daemon.process.send_signal(signal.SIGHUP)
+        daemon.wait_for(r"model map not reloaded, keeping the previous one")
+        assert client.show("other").capabilities == ["completion", "tools"]
+    finally:
+        daemon.stop()
+    assert "sk-never-logged" not in "".join(daemon.seen) + "".join(daemon.lines.queue)
+
+
+def test_twistd_rejects_a_bad_backend_in_one_line() -> None:
+    started = time.monotonic()
+    result = subprocess.run(
+        [str(TWISTD), "-n", "--pidfile=", "ollamaproxy", "--backend", "not a url"],
+        capture_output=True,
+        text=True,
+        env=_env(),
+        cwd=ROOT,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode != 0
+    assert time.monotonic() - started < 30
+    assert "Traceback" not in result.stderr + result.stdout
+    assert result.stderr.strip().splitlines() == [
+        "ollamaproxy: --backend: 'not a url' is not an http:// or https:// URL (e.g. http://gpu1:8000/v1)"
+    ]
