@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 import urllib.request
+import zipfile
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -22,6 +23,48 @@ from twisted.plugin import getPlugins
 
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).with_name("twistd")
+
+
+def test_wheel_carries_the_plugin_and_twistd_lists_it(tmp_path: Path) -> None:
+    """What `pip install .` puts in site-packages: the plugin module, and no __init__.py under twisted/."""
+    build = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pip",
+            "wheel",
+            "--no-deps",
+            "--quiet",
+            "-w",
+            str(tmp_path / "dist"),
+            str(ROOT),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert build.returncode == 0, build.stderr
+    (wheel,) = (tmp_path / "dist").glob("ollama_proxy-*.whl")
+    names = set(zipfile.ZipFile(wheel).namelist())
+    assert "twisted/plugins/ollamaproxy.py" in names
+    assert "ollama_proxy/py.typed" in names
+    assert not {"twisted/__init__.py", "twisted/plugins/__init__.py"} & names
+    assert not any(name.startswith("tests/") for name in names)
+    target = tmp_path / "site"
+    zipfile.ZipFile(wheel).extractall(target)
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env["PYTHONPATH"] = str(target)
+    listed = subprocess.run(
+        [str(TWISTD), "--help"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=tmp_path,
+        timeout=60,
+        check=False,
+    )
+    assert re.search(r"^\s+ollamaproxy\s", listed.stdout, re.MULTILINE), listed.stdout
 
 
 def test_plugin_is_discoverable() -> None:
@@ -96,7 +139,9 @@ def test_twistd_serves_the_ollama_sdk(backend_process: str, tmp_path: Path) -> N
     model_map.write_text(json.dumps({"qwen": "Qwen/Qwen2.5-7B-Instruct"}))
     daemon = Child(
         [
-            str(TWISTD),
+            sys.executable,
+            "-m",
+            "tests.twistd_measured",
             "-n",
             "--pidfile=",
             "ollamaproxy",
@@ -155,3 +200,22 @@ def test_twistd_rejects_a_bad_backend_in_one_line() -> None:
     assert result.stderr.strip().splitlines() == [
         "ollamaproxy: --backend: 'not a url' is not an http:// or https:// URL (e.g. http://gpu1:8000/v1)"
     ]
+
+
+def test_make_service_and_model_map_reload_in_process(tmp_path: Path) -> None:
+    """makeService wires the config into a service; reloads swap the map and survive a broken file."""
+    from ollama_proxy.tap import Options, makeService
+
+    model_map = tmp_path / "map.json"
+    model_map.write_text(json.dumps({"a": "model-a"}))
+    options = Options()
+    options.parseOptions(["--backend", "http://127.0.0.1:9/v1", "--model-map", str(model_map), "-l", "tcp:0"])
+    service = makeService(options)
+    catalog = service.app.catalog
+    assert catalog.model_map == {"a": "model-a"}
+    model_map.write_text(json.dumps({"b": "model-b"}))
+    service.reload_model_map()
+    assert catalog.model_map == {"b": "model-b"}
+    model_map.write_text("[]")
+    service.reload_model_map()
+    assert catalog.model_map == {"b": "model-b"}
