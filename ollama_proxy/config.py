@@ -47,6 +47,8 @@ class ProxyConfig:
     pool_size: int = 16
     models_ttl: float = 10.0
     connect_timeout: float = 10.0
+    stall_timeout: float = 60.0
+    idle_timeout: float = 300.0
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -179,6 +181,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("pool-size", _positive_int, "Idle backend connections kept open for reuse."),
     Setting("models-ttl", _positive_float, "Seconds the backend's model list is cached."),
     Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
+    Setting("stall-timeout", _positive_float, "Seconds a client may stop reading a stream before it is cut."),
+    Setting("idle-timeout", _positive_float, "Seconds a backend stream may go silent before it is ended."),
 )
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from ollama_proxy.app import App
-from ollama_proxy.handlers import manage, meta
+from ollama_proxy.handlers import generation, manage, meta
 from ollama_proxy.web import Directory
 
 
@@ -19,6 +19,8 @@ def build_root(app: App) -> Resource:
         b"tags": meta.TagsResource(app),
         b"show": meta.ShowResource(app),
         b"ps": meta.PsResource(app),
+        b"chat": generation.ChatResource(app),
+        b"generate": generation.GenerateResource(app),
         b"pull": manage.PullResource(app),
         b"push": manage.PushResource(app),
         b"create": manage.CreateResource(app),

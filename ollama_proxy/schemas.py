@@ -73,7 +73,7 @@ class ChatRequest:
 
 @attrs.frozen
 class GenerateRequest:
-    model: str
+    model: str = ""  # missing is Ollama's 404 "model '' not found", not a 400
     prompt: str = ""
     suffix: str | None = None
     system: str | None = None

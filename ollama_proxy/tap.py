@@ -20,7 +20,7 @@ class Options(usage.Options):
     longdesc = (
         "Serve the Ollama HTTP API from an OpenAI-compatible backend (vLLM, OpenAI, OpenRouter, llama.cpp)."
     )
-    optParameters = [  # noqa: RUF012 -- Twisted reads this class attribute
+    optParameters = [  # noqa: RUF012 Twisted reads this class attribute
         ["config", "c", None, "TOML configuration file (see etc/ollama-proxy.toml)."],
         *[[s.name, s.short, None, s.help] for s in SETTINGS],
     ]

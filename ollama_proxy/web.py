@@ -19,6 +19,7 @@ from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
 from ollama_proxy.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
+from ollama_proxy.translate.replies import compact_json, ndjson_line
 
 log = Logger(namespace="ollama_proxy.web")
 
@@ -27,10 +28,6 @@ NDJSON_TYPE = b"application/x-ndjson"
 MAX_JSON_REQUEST = 64 * 1024 * 1024
 
 HandlerMethod = Callable[[Request], Awaitable[None]]
-
-
-def encode_json(body: Any) -> bytes:
-    return json.dumps(body, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def client_gone(request: Request) -> bool:
@@ -48,7 +45,7 @@ def reply_json(request: Request, body: Any, status: int = 200) -> None:
     """Write one JSON object as the whole response."""
     if client_gone(request):
         return
-    data = encode_json(body)
+    data = compact_json(body)
     request.setResponseCode(status)
     request.setHeader(b"content-type", JSON_TYPE)
     request.setHeader(b"content-length", b"%d" % len(data))
@@ -72,7 +69,7 @@ def reply_ndjson(request: Request, lines: Iterable[Mapping[str, Any]]) -> None:
     if client_gone(request):
         return
     request.setHeader(b"content-type", NDJSON_TYPE)
-    request.write(b"".join(encode_json(line) + b"\n" for line in lines))
+    request.write(b"".join(ndjson_line(line) for line in lines))
     request.finish()
 
 
@@ -82,7 +79,7 @@ def reply_error(request: Request, error: ProxyError) -> None:
     if client_gone(request):
         return
     if request.startedWriting:
-        request.write(encode_json({"error": error.message}) + b"\n")
+        request.write(ndjson_line({"error": error.message}))
         request.finish()
         return
     if isinstance(error, MethodNotAllowed):

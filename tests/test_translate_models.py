@@ -176,7 +176,7 @@ def test_pull_progress_ends_in_success() -> None:
     ("wall", "text"),
     [
         (0.0, "1970-01-01T00:00:00Z"),
-        (1748772000.123456789, "2025-06-01T10:00:00.123456717Z"),
+        (1748772000.123456789, "2025-06-01T10:00:00.123457Z"),
         (1748772000.5, "2025-06-01T10:00:00.5Z"),
         (1748772000.9999999999, "2025-06-01T10:00:01Z"),
     ],
@@ -194,7 +194,7 @@ def test_rfc3339_local_offsets() -> None:
 @given(st.floats(min_value=0, max_value=4e9, allow_nan=False))
 def test_timestamps_are_go_shaped_and_exact(wall: float) -> None:
     text = rfc3339_utc(wall)
-    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{0,8}[1-9])?Z", text)
+    match = re.fullmatch(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d{0,5}[1-9])?Z", text)
     assert match is not None, text
     whole = datetime.fromisoformat(match.group(1) + "+00:00").timestamp()
     assert whole + float(match.group(2) or 0) == pytest.approx(wall, abs=1e-6)

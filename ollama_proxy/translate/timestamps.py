@@ -1,8 +1,8 @@
 """Ollama's timestamp and duration spellings.
 
-Go prints RFC 3339 with up to nine fraction digits and trims trailing zeros; clients such as OllamaKit parse
-that form strictly, and the ollama SDK needs ``created_at`` to be a string.  ``modified_at``/``expires_at``
-carry the local offset (``Z`` when it is zero), as Ollama's are.
+Go prints RFC 3339 with up to nine fraction digits (we print six) and trims trailing zeros; clients such
+as OllamaKit parse that form strictly, and the ollama SDK needs ``created_at`` to be a string.
+``modified_at``/``expires_at`` carry the local offset (``Z`` when it is zero), as Ollama's are.
 """
 
 from __future__ import annotations
@@ -16,11 +16,10 @@ ZERO_TIME = "0001-01-01T00:00:00Z"
 
 
 def _fraction(wall: float) -> tuple[int, str]:
-    seconds = int(wall // 1)
-    nanos = round((wall - seconds) * 1_000_000_000)
-    if nanos >= 1_000_000_000:
-        seconds, nanos = seconds + 1, nanos - 1_000_000_000
-    digits = f"{nanos:09d}".rstrip("0")
+    """Whole seconds and the fraction text.  A float of epoch seconds holds about microsecond precision,
+    so that is what is printed; more digits would be float noise, not time."""
+    seconds, micros = divmod(round(wall * 1_000_000), 1_000_000)
+    digits = f"{micros:06d}".rstrip("0")
     return seconds, f".{digits}" if digits else ""
 
 

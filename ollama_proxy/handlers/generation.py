@@ -1,0 +1,195 @@
+"""``/api/chat`` and ``/api/generate``: validate, resolve the model, translate, and either relay the
+backend's SSE stream as Ollama NDJSON chunk by chunk or answer with one JSON object.
+
+The translation itself lives in ``translate/chat.py`` (requests) and ``translate/replies.py`` (replies);
+this module only reads clocks, calls the backend and hands bytes to the relay.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any, Literal
+
+from twisted.web.server import Request
+
+from ollama_proxy.app import App
+from ollama_proxy.catalog import Resolved, keep_alive_seconds
+from ollama_proxy.errors import BackendRejected, BadRequest, ModelNotFound
+from ollama_proxy.relay import StreamRelay
+from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
+from ollama_proxy.sse import SSEDecoder
+from ollama_proxy.translate.chat import chat_to_openai, generate_to_openai
+from ollama_proxy.translate.replies import (
+    Instant,
+    StreamTranslator,
+    compact_json,
+    completion_to_reply,
+    ndjson_line,
+)
+from ollama_proxy.translate.timestamps import rfc3339_utc
+from ollama_proxy.web import NDJSON_TYPE, Handler, read_json, reply_json
+
+Kind = Literal["chat", "generate"]
+
+# A backend stream event that is not JSON is skipped rather than ending the stream; this many in a row
+# means the backend is not speaking OpenAI SSE at all.
+MAX_BAD_EVENTS = 8
+
+
+def now() -> Instant:
+    return Instant(time.time(), time.monotonic_ns())
+
+
+class NDJSONTransform:
+    """Backend SSE bytes → Ollama NDJSON bytes, one write per upstream read."""
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self._decoder = SSEDecoder()
+        self._translator = translator
+        self._bad_events = 0
+        self._broken: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._translator.failed or self._broken is not None
+
+    def feed(self, data: bytes) -> bytes:
+        lines: list[bytes] = []
+        for event in self._decoder.feed(data):
+            if event.data == "[DONE]":
+                continue
+            try:
+                payload = json.loads(event.data)
+            except ValueError:
+                self._bad_events += 1
+                if self._bad_events >= MAX_BAD_EVENTS:
+                    self._broken = "the backend is not sending OpenAI stream events"
+                    lines.append(ndjson_line({"error": self._broken}))
+                    break
+                continue
+            self._bad_events = 0
+            if isinstance(payload, dict):
+                lines.extend(ndjson_line(chunk) for chunk in self._translator.feed(payload, now()))
+            if self._translator.failed:
+                break
+        return b"".join(lines)
+
+    def end(self) -> bytes:
+        if self.failed:
+            return b""
+        self._decoder.close()
+        return b"".join(ndjson_line(chunk) for chunk in self._translator.finish(now()))
+
+    def fail(self, message: str) -> bytes:
+        return ndjson_line({"error": message})
+
+
+def _keep_alive(value: Any) -> float:
+    try:
+        return keep_alive_seconds(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+def _check_can_generate(resolved: Resolved, verb: str) -> None:
+    capabilities = resolved.info.capabilities
+    if "embedding" in capabilities and "completion" not in capabilities:
+        raise BadRequest(f'"{resolved.name}" does not support {verb}')
+
+
+def _load_reply(model: str, kind: Kind, keep_alive_for: float) -> dict[str, Any]:
+    """Ollama's answer to an empty chat/generate: a load (or, with keep_alive 0, an unload) request."""
+    reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(time.time())}
+    if kind == "chat":
+        reply["message"] = {"role": "assistant", "content": ""}
+    else:
+        reply["response"] = ""
+    reply["done"] = True
+    reply["done_reason"] = "unload" if keep_alive_for <= 0 else "load"
+    return reply
+
+
+class GenerationHandler(Handler):
+    """What chat and generate share: the backend call, streaming or not."""
+
+    app: App
+
+    async def complete(
+        self,
+        request: Request,
+        resolved: Resolved,
+        *,
+        kind: Kind,
+        endpoint: str,
+        body: dict[str, Any],
+        stream: bool,
+    ) -> None:
+        backend = self.app.backend
+        request_id = getattr(request, "request_id", None)
+        started = now()
+        try:
+            if not stream:
+                data = await backend.post_json(endpoint, body, request_id=request_id)
+                reply = completion_to_reply(
+                    data, model=resolved.name, kind=kind, started=started, ended=now()
+                )
+                reply_json(request, reply)
+                return
+            response = await backend.request("POST", endpoint, body=compact_json(body), request_id=request_id)
+            await backend.raise_for_status(response)
+        except BackendRejected as error:
+            if error.backend_status == 404:
+                raise ModelNotFound(resolved.name) from None
+            raise
+        translator = StreamTranslator(model=resolved.name, kind=kind, started=started)
+        request.setHeader(b"content-type", NDJSON_TYPE)
+        config = self.app.config
+        relay = StreamRelay(
+            request,
+            NDJSONTransform(translator),
+            self.app.reactor,
+            stall_timeout=config.stall_timeout,
+            idle_timeout=config.idle_timeout,
+        )
+        response.deliverBody(relay)
+        await relay.done
+
+
+class ChatResource(GenerationHandler):
+    async def on_post(self, request: Request) -> None:
+        chat = structure(read_json(request), ChatRequest)
+        if not chat.model:
+            raise BadRequest("model is required")
+        resolved = await self.app.catalog.resolve(chat.model)
+        keep = _keep_alive(chat.keep_alive)
+        if not chat.messages:
+            self.app.recent.touch(resolved, keep)
+            reply_json(request, _load_reply(chat.model, "chat", keep))
+            return
+        _check_can_generate(resolved, "chat")
+        body = chat_to_openai(chat, resolved.backend_id, self.app.config.dialect)
+        self.app.recent.touch(resolved, keep)
+        await self.complete(
+            request, resolved, kind="chat", endpoint="chat/completions", body=body, stream=chat.stream
+        )
+
+
+class GenerateResource(GenerationHandler):
+    async def on_post(self, request: Request) -> None:
+        generate = structure(read_json(request), GenerateRequest)
+        if not generate.model:
+            # Ollama's quirk: generate without a model is a 404, not a 400.
+            raise ModelNotFound("")
+        resolved = await self.app.catalog.resolve(generate.model)
+        keep = _keep_alive(generate.keep_alive)
+        if not generate.prompt and not generate.images and not generate.suffix:
+            self.app.recent.touch(resolved, keep)
+            reply_json(request, _load_reply(generate.model, "generate", keep))
+            return
+        _check_can_generate(resolved, "generate")
+        endpoint, body = generate_to_openai(generate, resolved.backend_id, self.app.config.dialect)
+        self.app.recent.touch(resolved, keep)
+        await self.complete(
+            request, resolved, kind="generate", endpoint=endpoint, body=body, stream=generate.stream
+        )

@@ -1,0 +1,194 @@
+"""The one streaming bridge: a backend response body copied into a client response, transformed on the way,
+with backpressure both ways and the backend request aborted the moment the client is gone.
+
+One object plays two roles.  As the ``IProtocol`` that receives the backend body it writes each upstream
+read to the client as one HTTP chunk; as the ``IPushProducer`` registered on the client request it pauses
+and resumes reading from the backend socket when the client's buffer fills and drains, so a slow client
+slows the backend through TCP flow control instead of filling the daemon's memory.  Twisted turns off its
+own idle timeout while a request is in flight, so the relay keeps two timers of its own: a client that
+stops reading for ``stall_timeout`` and a backend that sends nothing for ``idle_timeout`` both end the
+stream with an error instead of holding a backend slot forever.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
+from twisted.python.failure import Failure
+from twisted.web.client import ResponseDone
+from twisted.web.http import PotentialDataLoss
+from twisted.web.server import Request
+from zope.interface import implementer
+
+from ollama_proxy.errors import BackendError, BackendTimeout
+from ollama_proxy.web import client_gone, finish, reply_error
+
+
+class StreamTransform(Protocol):
+    """What the relay asks of an endpoint: bytes in, bytes out, and how a stream ends.
+
+    ``feed`` returns what to write for one upstream read (often ``b""``); ``end`` the closing bytes when the
+    backend body ends normally; ``fail`` the closing bytes when it breaks after output has started (for
+    NDJSON an ``{"error": ...}`` line, never a fake ``done``).  ``failed`` turns true when the stream itself
+    carried an error event: the relay then stops reading and ends the response.
+    """
+
+    @property
+    def failed(self) -> bool: ...
+
+    def feed(self, data: bytes) -> bytes: ...
+
+    def end(self) -> bytes: ...
+
+    def fail(self, message: str) -> bytes: ...
+
+
+@implementer(IPushProducer)
+class StreamRelay(TwistedProtocol):
+    def __init__(
+        self,
+        request: Request,
+        transform: StreamTransform,
+        clock: IReactorTime,
+        *,
+        stall_timeout: float,
+        idle_timeout: float,
+    ) -> None:
+        self._request = request
+        self._transform = transform
+        self._clock = clock
+        self._stall_timeout = stall_timeout
+        self._idle_timeout = idle_timeout
+        self._stall: IDelayedCall | None = None
+        self._idle: IDelayedCall | None = None
+        self._paused = False
+        self._ending: str | None = None
+        self.bytes_out = 0
+        # Fires when the relay is finished with the request, whichever way the stream ended.
+        # Cancelling it (the handler's Deferred is cancelled on disconnect) drops the backend connection.
+        self.done: Deferred[None] = Deferred(lambda _: self._abort(None))
+
+    # -- the backend body (IProtocol) ------------------------------------------------------------------
+
+    def connectionMade(self) -> None:
+        if client_gone(self._request):
+            self._abort(None)
+            return
+        self._request.registerProducer(self, True)
+        self._arm_idle()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._ending is not None:
+            return
+        self._arm_idle()
+        out = self._transform.feed(data)
+        if out:
+            self._write(out)
+        if self._transform.failed:
+            self._abort("")
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        self._cancel_timers()
+        if not client_gone(self._request):
+            if self._ending is None and reason.check(ResponseDone, PotentialDataLoss):
+                self._close(self._transform.end())
+            elif self._ending:
+                self._fail(self._ending)
+            elif self._ending is None:
+                self._fail("the backend connection broke mid-stream")
+            else:
+                self._close(b"")
+        if not self.done.called:
+            self.done.callback(None)
+
+    # -- the client side (IPushProducer, called by the HTTP channel) -----------------------------------
+
+    def pauseProducing(self) -> None:
+        # Called on every write while the channel's buffer is full: idempotent, one stall timer.
+        if self._paused:
+            return
+        self._paused = True
+        if self.transport is not None:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+        self._stall = self._clock.callLater(self._stall_timeout, self._client_stalled)
+
+    def resumeProducing(self) -> None:
+        if not self._paused:
+            return
+        self._paused = False
+        self._cancel(self._stall)
+        self._stall = None
+        if self.transport is not None:
+            self.transport.resumeProducing()  # type: ignore[attr-defined]
+
+    def stopProducing(self) -> None:
+        """The client connection went away: stop the backend's work now."""
+        self._abort(None)
+
+    # -- endings ---------------------------------------------------------------------------------------
+
+    def _client_stalled(self) -> None:
+        self._stall = None
+        self._abort(None)
+        # The client stopped reading: no error line could reach it, and a polite close would wait for
+        # its full buffers to drain, so the connection is aborted.
+        channel: Any = self._request.channel
+        if channel is not None and channel.transport is not None:
+            channel.transport.abortConnection()
+
+    def _backend_idle(self) -> None:
+        self._idle = None
+        self._abort(f"the backend sent nothing for {self._idle_timeout:g} seconds")
+
+    def _abort(self, why: str | None) -> None:
+        """Stop reading from the backend; ``why`` is the error to end the response with ("" for none)."""
+        if self._ending is None:
+            self._ending = why if why is not None else ""
+        self._cancel_timers()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def _write(self, data: bytes) -> None:
+        if not client_gone(self._request):
+            self.bytes_out += len(data)
+            self._request.write(data)
+
+    def _fail(self, message: str) -> None:
+        if not self._request.startedWriting:
+            # Nothing sent yet: a real status, as Ollama does before the stream starts.
+            error = BackendTimeout(message) if "sent nothing" in message else BackendError(message)
+            self._unregister()
+            reply_error(self._request, error)
+            return
+        self._close(self._transform.fail(message))
+
+    def _close(self, tail: bytes) -> None:
+        if tail:
+            self._write(tail)
+        self._unregister()
+        finish(self._request)
+
+    def _unregister(self) -> None:
+        if not client_gone(self._request) and self._request.producer is not None:
+            self._request.unregisterProducer()
+
+    def _arm_idle(self) -> None:
+        if self._idle is not None and self._idle.active():
+            self._idle.reset(self._idle_timeout)
+        else:
+            self._idle = self._clock.callLater(self._idle_timeout, self._backend_idle)
+
+    def _cancel_timers(self) -> None:
+        self._cancel(self._stall)
+        self._cancel(self._idle)
+        self._stall = self._idle = None
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()

@@ -1,0 +1,603 @@
+"""OpenAI replies and stream events as Ollama replies and NDJSON chunks.
+
+Time is an argument everywhere (:class:`Instant`), so every output here is a function of its inputs.
+
+Policies decided here, because the OpenAI side leaves them open:
+
+* **Tool-call arguments** that are not a JSON object (unparseable text, an array, a string...) are a backend
+  failure: the stream ends with ``{"error": ...}`` and :func:`completion_to_reply` raises
+  :class:`BackendError`.  A tool call is an action; running it with invented arguments (``{}``) could do
+  something the model never asked for, while an error is visible and retryable.  ``""`` and ``null`` are
+  the documented way of saying "no arguments" and become ``{}``.
+* **load_duration** is omitted: nothing here knows the backend's load time, and Ollama itself omits
+  metrics it has not measured (zeros).
+* **Durations** are integers in nanoseconds and at least 1 when present, so clients computing tokens per
+  second never divide by zero.  Without a first token, ``eval_duration`` is the whole request and
+  ``prompt_eval_duration`` is left out.
+* **Log probabilities** of ``-inf`` (which some backends emit as ``-Infinity``, invalid JSON for Go
+  clients) are reported as -9999.0, OpenAI's own stand-in.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Mapping, Sequence
+from typing import Any, Final, Literal
+
+import attrs
+
+from ollama_proxy.errors import BackendError
+from ollama_proxy.translate.chat import synthesize_call_id
+from ollama_proxy.translate.timestamps import rfc3339_utc
+
+Kind = Literal["chat", "generate"]
+
+# ---------------------------------------------------------------------------------------------------------
+# Time and framing
+# ---------------------------------------------------------------------------------------------------------
+
+
+@attrs.frozen
+class Instant:
+    """One reading of both clocks: the wall clock dates chunks, the monotonic one measures durations."""
+
+    wall: float
+    mono_ns: int
+
+
+def compact_json(obj: Any) -> bytes:
+    """Compact UTF-8 JSON.  A lone surrogate (a backend splitting an emoji's escape pair) cannot be
+    encoded as UTF-8; such a value is written with ASCII escapes instead, which every JSON reader accepts."""
+    try:
+        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
+    except UnicodeEncodeError:
+        return json.dumps(obj, separators=(",", ":")).encode("ascii")
+
+
+def ndjson_line(obj: Mapping[str, Any]) -> bytes:
+    """One NDJSON line: compact JSON and a newline, never a blank line."""
+    return compact_json(obj) + b"\n"
+
+
+def _duration(start_ns: int, end_ns: int) -> int:
+    return max(1, end_ns - start_ns)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Small readers for untrusted backend JSON
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _text(value: object) -> str:
+    return value if isinstance(value, str) else ""
+
+
+def _count(value: object) -> int | None:
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    return None
+
+
+def _reasoning(container: Mapping[str, Any]) -> str:
+    """vLLM moved from ``reasoning_content`` to ``reasoning`` and for a while sent both with the same text;
+    llama.cpp and DeepSeek use ``reasoning_content``.  Take one, never both."""
+    return _text(container.get("reasoning")) or _text(container.get("reasoning_content"))
+
+
+def _first_choice(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    choices = event.get("choices")
+    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+        return choices[0]
+    return None
+
+
+_DONE_REASONS: Final = {"stop": "stop", "length": "length"}
+
+
+def done_reason(finish_reason: object) -> str:
+    """Ollama says ``stop`` after tool calls too; it has no words for content filters or unknown reasons."""
+    return _DONE_REASONS.get(finish_reason, "stop") if isinstance(finish_reason, str) else "stop"
+
+
+def error_text(error: object) -> str:
+    """The string Ollama clients need: the SDK raises ``TypeError`` on an object-valued ``error``."""
+    if isinstance(error, str):
+        return error or "backend error"
+    if isinstance(error, Mapping):
+        message = error.get("message")
+        if isinstance(message, str) and message:
+            return message
+    return "backend error: " + json.dumps(error, ensure_ascii=False, default=str)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Log probabilities
+# ---------------------------------------------------------------------------------------------------------
+
+_NEG_INF_LOGPROB: Final = -9999.0
+
+
+def _logprob_value(value: object) -> float | None:
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return float(value) if math.isfinite(value) else _NEG_INF_LOGPROB
+    return None
+
+
+def _token_logprob(entry: object) -> dict[str, Any] | None:
+    if not isinstance(entry, Mapping):
+        return None
+    token, logprob = entry.get("token"), _logprob_value(entry.get("logprob"))
+    if not isinstance(token, str) or logprob is None:
+        return None
+    out: dict[str, Any] = {"token": token, "logprob": logprob}
+    raw_bytes = entry.get("bytes")
+    if isinstance(raw_bytes, list) and raw_bytes and all(isinstance(b, int) for b in raw_bytes):
+        out["bytes"] = raw_bytes
+    return out
+
+
+def convert_logprobs(raw: object) -> list[dict[str, Any]]:
+    """``choices[i].logprobs`` in either OpenAI shape (chat ``content[]`` or legacy completions columns)."""
+    if not isinstance(raw, Mapping):
+        return []
+    out: list[dict[str, Any]] = []
+    content = raw.get("content")
+    if isinstance(content, list):
+        for entry in content:
+            converted = _token_logprob(entry)
+            if converted is None:
+                continue
+            top = entry.get("top_logprobs")
+            alternatives = [alt for alt in map(_token_logprob, top if isinstance(top, list) else []) if alt]
+            if alternatives:
+                converted["top_logprobs"] = alternatives
+            out.append(converted)
+        return out
+    tokens, values, tops = raw.get("tokens"), raw.get("token_logprobs"), raw.get("top_logprobs")
+    if not isinstance(tokens, list) or not isinstance(values, list):
+        return out
+    for i, (token, value) in enumerate(zip(tokens, values, strict=False)):
+        logprob = _logprob_value(value)
+        if not isinstance(token, str) or logprob is None:
+            continue
+        column: dict[str, Any] = {"token": token, "logprob": logprob}
+        top = tops[i] if isinstance(tops, list) and i < len(tops) else None
+        if isinstance(top, Mapping):
+            alternatives = []
+            for alt_token, alt_value in top.items():
+                alt_logprob = _logprob_value(alt_value)
+                if isinstance(alt_token, str) and alt_logprob is not None:
+                    alternatives.append({"token": alt_token, "logprob": alt_logprob})
+            if alternatives:
+                column["top_logprobs"] = alternatives
+        out.append(column)
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tool calls
+# ---------------------------------------------------------------------------------------------------------
+
+
+@attrs.define
+class _PendingCall:
+    id: str | None = None
+    name: str = ""
+    parts: list[str] = attrs.Factory(list)
+    # Some backends send the arguments already decoded, as an object.
+    whole: Mapping[str, Any] | None = None
+
+
+def _arguments(name: str, text: str) -> dict[str, Any]:
+    if not text.strip() or text.strip() == "null":
+        return {}
+    try:
+        value = json.loads(text)
+    except ValueError:
+        raise BackendError(f"backend returned invalid JSON arguments for tool call '{name}'") from None
+    if not isinstance(value, dict):
+        raise BackendError(f"backend returned non-object arguments for tool call '{name}'")
+    return value
+
+
+def _ollama_calls(calls: Sequence[_PendingCall]) -> list[dict[str, Any]]:
+    """Ollama's tool calls: whole, arguments as an object, ``index`` as the position in the list."""
+    out = []
+    for position, call in enumerate(calls):
+        if not call.name:
+            raise BackendError("backend returned a tool call without a function name")
+        text = "".join(call.parts)
+        arguments = dict(call.whole) if call.whole is not None else _arguments(call.name, text)
+        out.append(
+            {
+                "id": call.id or synthesize_call_id("reply", position, call.name, text),
+                "function": {"index": position, "name": call.name, "arguments": arguments},
+            }
+        )
+    return out
+
+
+def _merge_fragment(calls: dict[int, _PendingCall], fragment: Mapping[str, Any]) -> None:
+    """Fold one ``delta.tool_calls[]`` entry into the calls being assembled.
+
+    Fragments are keyed by ``index``; a backend that leaves it out gets the usual reading: a new ``id``
+    starts a call, anything else continues the last one.
+    """
+    index = fragment.get("index")
+    fragment_id = fragment.get("id") if isinstance(fragment.get("id"), str) else None
+    if not isinstance(index, int) or isinstance(index, bool):
+        known = next((k for k, call in calls.items() if fragment_id and call.id == fragment_id), None)
+        if known is not None:
+            index = known
+        elif fragment_id or not calls:
+            index = max(calls, default=-1) + 1
+        else:
+            index = max(calls)
+    call = calls.setdefault(index, _PendingCall())
+    if fragment_id and not call.id:
+        call.id = fragment_id
+    function = fragment.get("function")
+    if not isinstance(function, Mapping):
+        return
+    name = function.get("name")
+    # The first fragment carries the name; some backends repeat it on every fragment.
+    if isinstance(name, str) and name and name != call.name:
+        call.name = name if not call.name else call.name + name
+    arguments = function.get("arguments")
+    if isinstance(arguments, str):
+        call.parts.append(arguments)
+    elif isinstance(arguments, Mapping):
+        call.whole = arguments
+
+
+def _calls_from_message(raw: object) -> list[_PendingCall]:
+    calls: dict[int, _PendingCall] = {}
+    if isinstance(raw, list):
+        for position, entry in enumerate(raw):
+            if isinstance(entry, Mapping):
+                _merge_fragment(calls, {**entry, "index": position})
+    return [calls[k] for k in sorted(calls)]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inline <think> tags
+# ---------------------------------------------------------------------------------------------------------
+
+_OPEN_TAG: Final = "<think>"
+_CLOSE_TAG: Final = "</think>"
+
+
+def _partial_suffix(text: str, tag: str) -> int:
+    """Length of the longest end of ``text`` that could be the start of ``tag``."""
+    for size in range(min(len(tag) - 1, len(text)), 0, -1):
+        if tag.startswith(text[-size:]):
+            return size
+    return 0
+
+
+class ThinkTagSplitter:
+    """Moves a leading ``<think>...</think>`` block of streamed content into thinking.
+
+    For backends that run without a reasoning parser: the model's raw text then starts with the tag.  Only a
+    block at the very start counts (a later ``<think>`` is content the model wrote); whitespace around the
+    block is dropped, as Ollama's own parser does.  Text that might be a split tag is held back until the
+    next delta decides, so any split of the stream gives the same result as the whole.
+    """
+
+    def __init__(self) -> None:
+        self._state: Literal["start", "opened", "inside", "after", "content"] = "start"
+        self._held = ""
+
+    def feed(self, text: str) -> tuple[str, str]:
+        """Returns ``(thinking, content)`` that can be emitted now."""
+        text = self._held + text
+        self._held = ""
+        thinking = ""
+        if self._state == "start":
+            stripped = text.lstrip()
+            if stripped.startswith(_OPEN_TAG):
+                self._state = "opened"
+                text = stripped[len(_OPEN_TAG) :]
+            elif _OPEN_TAG.startswith(stripped):
+                self._held = text
+                return "", ""
+            else:
+                self._state = "content"
+                return "", text
+        if self._state == "opened":
+            text = text.lstrip()
+            if not text:
+                return "", ""
+            self._state = "inside"
+        if self._state == "inside":
+            end = text.find(_CLOSE_TAG)
+            if end < 0:
+                # Hold back trailing whitespace (dropped if the tag follows) and a possible split tag.
+                keep = _partial_suffix(text, _CLOSE_TAG)
+                body = text[: len(text) - keep]
+                trimmed = body.rstrip()
+                self._held = body[len(trimmed) :] + text[len(text) - keep :]
+                return trimmed, ""
+            thinking = text[:end].rstrip()
+            text = text[end + len(_CLOSE_TAG) :]
+            self._state = "after"
+        if self._state == "after":
+            text = text.lstrip()
+            if not text:
+                return thinking, ""
+            self._state = "content"
+        return thinking, text
+
+    def flush(self) -> tuple[str, str]:
+        """End of content: held-back text is what it looked like (an unclosed block stays thinking)."""
+        held, self._held = self._held, ""
+        state, self._state = self._state, "content"
+        if state == "start":
+            return "", held
+        if state == "inside":
+            return held.rstrip(), ""
+        return "", ""
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Streaming
+# ---------------------------------------------------------------------------------------------------------
+
+
+class StreamTranslator:
+    """OpenAI ``chat.completion.chunk`` / ``text_completion`` events -> Ollama chunk dicts.
+
+    Content and thinking pass through delta by delta.  Tool calls arrive as argument fragments but Ollama
+    clients (the SDK included) need each call whole, so they are buffered until a ``finish_reason`` or the
+    end and then sent as one chunk.  Backend errors become one ``{"error": "<string>"}`` chunk, after which
+    the translator stays silent (no ``done`` chunk follows an error in Ollama's protocol).
+    """
+
+    def __init__(self, *, model: str, kind: Kind, started: Instant, split_think_tags: bool = False) -> None:
+        self._model = model
+        self._kind: Kind = kind
+        self._started = started
+        self._first: Instant | None = None
+        self._calls: dict[int, _PendingCall] = {}
+        self._finish_reason: object = None
+        self._prompt_tokens: int | None = None
+        self._completion_tokens: int | None = None
+        self._logprobs: list[dict[str, Any]] = []
+        self._splitter = ThinkTagSplitter() if split_think_tags else None
+        self._failed = False
+        self._finished = False
+
+    @property
+    def usage(self) -> tuple[int | None, int | None]:
+        return self._prompt_tokens, self._completion_tokens
+
+    @property
+    def first_token_at(self) -> Instant | None:
+        return self._first
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    def feed(self, event: Mapping[str, Any], at: Instant) -> list[dict[str, Any]]:
+        if self._failed or self._finished:
+            return []
+        if event.get("error"):
+            return self._fail(error_text(event["error"]))
+        usage = event.get("usage")
+        if isinstance(usage, Mapping):
+            self._prompt_tokens = _count(usage.get("prompt_tokens")) or self._prompt_tokens
+            self._completion_tokens = _count(usage.get("completion_tokens")) or self._completion_tokens
+        choice = _first_choice(event)
+        if choice is None:
+            return []
+        out: list[dict[str, Any]] = []
+        delta = choice.get("delta")
+        if isinstance(delta, Mapping):
+            content, thinking = _text(delta.get("content")), _reasoning(delta)
+            fragments = delta.get("tool_calls")
+        else:
+            content, thinking, fragments = _text(choice.get("text")), "", None
+        if content or thinking or fragments:
+            self._first = self._first or at
+        self._logprobs.extend(convert_logprobs(choice.get("logprobs")))
+        if self._splitter is not None and content:
+            tag_thinking, content = self._splitter.feed(content)
+            thinking += tag_thinking
+        if content or thinking:
+            out.append(self._chunk(at, content, thinking))
+        if isinstance(fragments, list):
+            for fragment in fragments:
+                if isinstance(fragment, Mapping):
+                    _merge_fragment(self._calls, fragment)
+        finish_reason = choice.get("finish_reason")
+        if finish_reason is not None:
+            self._finish_reason = finish_reason
+            out.extend(self._flush(at))
+        return out
+
+    def finish(self, at: Instant) -> list[dict[str, Any]]:
+        """The end of the backend stream: pending text and tool calls, then the ``done`` chunk."""
+        if self._failed or self._finished:
+            return []
+        out = self._flush(at)
+        if self._failed:
+            return out
+        self._finished = True
+        final = self._base(at)
+        if self._kind == "chat":
+            final["message"] = {"role": "assistant", "content": ""}
+        else:
+            final["response"] = ""
+        final["done"] = True
+        final["done_reason"] = done_reason(self._finish_reason)
+        final.update(_metrics(self._started, self._first, at, self._prompt_tokens, self._completion_tokens))
+        if self._logprobs:
+            final["logprobs"] = self._logprobs
+            self._logprobs = []
+        out.append(final)
+        return out
+
+    def _fail(self, message: str) -> list[dict[str, Any]]:
+        self._failed = True
+        return [{"error": message}]
+
+    def _flush(self, at: Instant) -> list[dict[str, Any]]:
+        out: list[dict[str, Any]] = []
+        if self._splitter is not None:
+            thinking, content = self._splitter.flush()
+            if content or thinking:
+                out.append(self._chunk(at, content, thinking))
+        if self._calls:
+            calls = [self._calls[k] for k in sorted(self._calls)]
+            self._calls = {}
+            if self._kind == "chat":
+                try:
+                    converted = _ollama_calls(calls)
+                except BackendError as exc:
+                    return [*out, *self._fail(exc.message)]
+                chunk = self._base(at)
+                chunk["message"] = {"role": "assistant", "content": "", "tool_calls": converted}
+                chunk["done"] = False
+                out.append(chunk)
+        return out
+
+    def _base(self, at: Instant) -> dict[str, Any]:
+        return {"model": self._model, "created_at": rfc3339_utc(at.wall)}
+
+    def _chunk(self, at: Instant, content: str, thinking: str) -> dict[str, Any]:
+        chunk = self._base(at)
+        if self._kind == "chat":
+            message: dict[str, Any] = {"role": "assistant", "content": content}
+            if thinking:
+                message["thinking"] = thinking
+            chunk["message"] = message
+        else:
+            chunk["response"] = content
+            if thinking:
+                chunk["thinking"] = thinking
+        chunk["done"] = False
+        if self._logprobs:
+            chunk["logprobs"] = self._logprobs
+            self._logprobs = []
+        return chunk
+
+
+def _metrics(
+    started: Instant,
+    first: Instant | None,
+    ended: Instant,
+    prompt_tokens: int | None,
+    completion_tokens: int | None,
+    *,
+    prompt_ns: int | None = None,
+    eval_ns: int | None = None,
+) -> dict[str, int]:
+    """Ollama's metric block, in its key order, with unknown and zero values left out."""
+    total = _duration(started.mono_ns, ended.mono_ns)
+    if prompt_ns is None and eval_ns is None and first is not None:
+        prompt_ns = _duration(started.mono_ns, first.mono_ns)
+        eval_ns = _duration(first.mono_ns, ended.mono_ns)
+    if eval_ns is None:
+        eval_ns = max(1, total - (prompt_ns or 0))
+    out: dict[str, int] = {"total_duration": total}
+    if prompt_tokens:
+        out["prompt_eval_count"] = prompt_tokens
+    if prompt_ns:
+        out["prompt_eval_duration"] = prompt_ns
+    if completion_tokens:
+        out["eval_count"] = completion_tokens
+    if eval_ns:
+        out["eval_duration"] = eval_ns
+    return out
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Non-streaming
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _timing_ns(timings: object, key: str) -> int | None:
+    """llama.cpp's non-standard ``timings`` (milliseconds) are the backend's own measure, better than ours."""
+    if not isinstance(timings, Mapping):
+        return None
+    value = timings.get(key)
+    if (
+        isinstance(value, (int, float))
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value >= 0
+    ):
+        return max(1, round(value * 1_000_000))
+    return None
+
+
+def completion_to_reply(
+    body: Mapping[str, Any],
+    *,
+    model: str,
+    kind: Kind,
+    started: Instant,
+    ended: Instant,
+    split_think_tags: bool = False,
+) -> dict[str, Any]:
+    """A non-stream ``chat.completion`` / ``text_completion`` body as Ollama's one final object."""
+    if not isinstance(body, Mapping):
+        raise BackendError("backend reply is not a JSON object")
+    if body.get("error"):
+        raise BackendError(error_text(body["error"]))
+    choice = _first_choice(body)
+    if choice is None:
+        raise BackendError("backend reply has no choices")
+    message = choice.get("message")
+    if isinstance(message, Mapping):
+        content, thinking = _text(message.get("content")), _reasoning(message)
+        calls = _calls_from_message(message.get("tool_calls"))
+    elif "text" in choice:
+        content, thinking, calls = _text(choice.get("text")), "", []
+    else:
+        raise BackendError("backend reply has neither a message nor text")
+    if split_think_tags:
+        splitter = ThinkTagSplitter()
+        tag_thinking, content = splitter.feed(content)
+        rest_thinking, rest_content = splitter.flush()
+        thinking = thinking + tag_thinking + rest_thinking
+        content += rest_content
+
+    reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(ended.wall)}
+    if kind == "chat":
+        out_message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            out_message["thinking"] = thinking
+        if calls:
+            out_message["tool_calls"] = _ollama_calls(calls)
+        reply["message"] = out_message
+    else:
+        reply["response"] = content
+        if thinking:
+            reply["thinking"] = thinking
+    reply["done"] = True
+    reply["done_reason"] = done_reason(choice.get("finish_reason"))
+
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, Mapping) else {}
+    timings = body.get("timings")
+    timings = timings if isinstance(timings, Mapping) else {}
+    prompt_tokens = _count(usage.get("prompt_tokens")) or _count(timings.get("prompt_n"))
+    completion_tokens = _count(usage.get("completion_tokens")) or _count(timings.get("predicted_n"))
+    reply.update(
+        _metrics(
+            started,
+            None,
+            ended,
+            prompt_tokens,
+            completion_tokens,
+            prompt_ns=_timing_ns(timings, "prompt_ms"),
+            eval_ns=_timing_ns(timings, "predicted_ms"),
+        )
+    )
+    logprobs = convert_logprobs(choice.get("logprobs"))
+    if logprobs:
+        reply["logprobs"] = logprobs
+    return reply

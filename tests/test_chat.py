@@ -1,0 +1,467 @@
+"""/api/chat and /api/generate end to end: real SDKs → the daemon on a socket → the fake backend."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator
+from typing import Any
+
+import ollama
+import pytest
+import pytest_twisted
+from treq.client import HTTPClient
+from twisted.internet import defer, task
+from twisted.internet.protocol import ClientFactory, Protocol
+
+from tests.conftest import RunningProxy, in_thread, reactor, read_json, start_proxy
+from tests.fake_backend import ChatScript, FakeBackend
+
+MODEL = "qwen"  # an alias of Qwen/Qwen2.5-7B-Instruct in the proxy fixture
+BACKEND_ID = "Qwen/Qwen2.5-7B-Instruct"
+
+
+def chat_requests(backend: FakeBackend) -> list[dict[str, Any]]:
+    return [r.json for r in backend.requests if r.path.endswith(("/chat/completions", "/completions"))]
+
+
+async def ndjson_lines(http: HTTPClient, url: str, body: dict[str, Any]) -> tuple[int, list[Any], str]:
+    response = await http.post(url, json=body)
+    raw = (await response.content()).decode()
+    assert "\n\n" not in raw  # never a blank line: the SDK json.loads every line
+    lines = [json.loads(line) for line in raw.splitlines()]
+    content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
+    return response.code, lines, content_type
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    """Poll a condition on the reactor (the backend side of a disconnect arrives a moment later)."""
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await task.deferLater(reactor(), 0.02, lambda: None)
+    assert check()
+
+
+def _sdk_chat(url: str, stream: bool, **kwargs: Any) -> Any:
+    client = ollama.Client(host=url)
+    messages = kwargs.pop("messages", [{"role": "user", "content": "Hi"}])
+    if stream:
+        return list(client.chat(model=MODEL, messages=messages, stream=True, **kwargs))
+    return client.chat(model=MODEL, messages=messages, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_chat_non_stream(proxy: RunningProxy) -> None:
+    reply = await in_thread(_sdk_chat, proxy.url, False)
+    assert reply.message.role == "assistant"
+    assert reply.message.content == "Hello!"
+    assert reply.model == MODEL
+    assert reply.done is True
+    assert reply.done_reason == "stop"
+    assert (reply.prompt_eval_count, reply.eval_count) == (12, 3)
+    assert reply.total_duration
+    assert reply.eval_duration
+    (sent,) = chat_requests(proxy.backend)
+    assert sent["model"] == BACKEND_ID
+    assert sent["stream"] is False
+    assert sent["messages"] == [{"role": "user", "content": "Hi"}]
+    assert "tools" not in sent  # the SDK always sends tools: [], which OpenAI rejects
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_chat_stream(proxy: RunningProxy) -> None:
+    parts = await in_thread(_sdk_chat, proxy.url, True, options={"temperature": 0, "num_predict": 64})
+    assert "".join(p.message.content or "" for p in parts) == "Hello!"
+    assert [p.done for p in parts] == [False] * (len(parts) - 1) + [True]
+    final = parts[-1]
+    assert (final.prompt_eval_count, final.eval_count) == (12, 3)
+    assert final.done_reason == "stop"
+    assert final.prompt_eval_duration
+    assert final.eval_duration
+    (sent,) = chat_requests(proxy.backend)
+    assert sent["stream"] is True
+    assert sent["stream_options"] == {"include_usage": True}
+    assert sent["temperature"] == 0
+    assert sent["max_tokens"] == 64
+
+
+@pytest_twisted.ensureDeferred
+async def test_stream_is_ndjson_chunk_by_chunk(proxy: RunningProxy, http: HTTPClient) -> None:
+    proxy.backend.script = ChatScript(content=["a", "é", "🙂"], split_writes=True, comments=True)
+    code, lines, content_type = await ndjson_lines(
+        http, proxy.url + "/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert (code, content_type) == (200, "application/x-ndjson")
+    assert [line["message"]["content"] for line in lines] == ["a", "é", "🙂", ""]
+    assert lines[-1]["done"] is True
+    assert {line["model"] for line in lines} == {MODEL}
+    assert all(line["created_at"].endswith("Z") for line in lines)
+
+
+@pytest_twisted.ensureDeferred
+async def test_reasoning_becomes_thinking(proxy: RunningProxy) -> None:
+    proxy.backend.script = ChatScript(
+        reasoning=["Let me ", "think."], content=["42"], reasoning_field="reasoning"
+    )
+    parts = await in_thread(_sdk_chat, proxy.url, True, think=True)
+    assert "".join(p.message.thinking or "" for p in parts) == "Let me think."
+    assert "".join(p.message.content or "" for p in parts) == "42"
+    reply = await in_thread(_sdk_chat, proxy.url, False, think=True)
+    assert (reply.message.thinking, reply.message.content) == ("Let me think.", "42")
+
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Weather in a city",
+            "parameters": {
+                "type": "object",
+                "properties": {"city": {"type": "string"}},
+                "required": ["city"],
+            },
+        },
+    }
+]
+
+
+@pytest.mark.parametrize("stream", [True, False])
+@pytest_twisted.ensureDeferred
+async def test_tool_call_round_trip(proxy: RunningProxy, stream: bool) -> None:
+    proxy.backend.script = ChatScript(
+        content=[],
+        tool_calls=[
+            {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+            {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Tokyo"}'},
+        ],
+        finish_reason="tool_calls",
+    )
+    result = await in_thread(_sdk_chat, proxy.url, stream, tools=TOOLS)
+    calls = (
+        [c for part in result for c in (part.message.tool_calls or [])]
+        if stream
+        else result.message.tool_calls
+    )
+    assert [(c.function.name, dict(c.function.arguments)) for c in calls] == [
+        ("get_weather", {"city": "Paris"}),
+        ("get_weather", {"city": "Tokyo"}),
+    ]
+    final = result[-1] if stream else result
+    assert final.done_reason == "stop"  # Ollama says stop even after tool calls
+
+    # The second turn, as the SDK sends it: no ids on the calls, tool results matched by name and order.
+    proxy.backend.script = ChatScript(content=["Sunny."])
+    messages = [
+        {"role": "user", "content": "Weather?"},
+        {"role": "assistant", "content": "", "tool_calls": [c.model_dump(exclude_none=True) for c in calls]},
+        {"role": "tool", "content": "20C", "tool_name": "get_weather"},
+        {"role": "tool", "content": "25C", "tool_name": "get_weather"},
+    ]
+    reply = await in_thread(_sdk_chat, proxy.url, False, messages=messages, tools=TOOLS)
+    assert reply.message.content == "Sunny."
+    sent = chat_requests(proxy.backend)[-1]
+    assistant = sent["messages"][1]
+    ids = [call["id"] for call in assistant["tool_calls"]]
+    assert len(set(ids)) == 2
+    assert [json.loads(call["function"]["arguments"]) for call in assistant["tool_calls"]] == [
+        {"city": "Paris"},
+        {"city": "Tokyo"},
+    ]
+    assert [m["tool_call_id"] for m in sent["messages"][2:]] == ids
+    assert sent["tools"] == TOOLS
+
+
+def _sdk_generate(url: str, stream: bool, **kwargs: Any) -> Any:
+    client = ollama.Client(host=url)
+    if stream:
+        return list(client.generate(model=MODEL, stream=True, **kwargs))
+    return client.generate(model=MODEL, **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_generate(proxy: RunningProxy) -> None:
+    reply = await in_thread(_sdk_generate, proxy.url, False, prompt="Say hi", system="Be brief")
+    assert reply.response == "Hello!"
+    assert reply.done_reason == "stop"
+    assert reply.context is None
+    parts = await in_thread(_sdk_generate, proxy.url, True, prompt="Say hi")
+    assert "".join(p.response or "" for p in parts) == "Hello!"
+    assert parts[-1].eval_count == 3
+    first, second = chat_requests(proxy.backend)
+    assert first["messages"] == [
+        {"role": "system", "content": "Be brief"},
+        {"role": "user", "content": "Say hi"},
+    ]
+    assert second["stream"] is True
+
+
+@pytest_twisted.ensureDeferred
+async def test_generate_raw_and_suffix_use_completions(proxy: RunningProxy) -> None:
+    reply = await in_thread(_sdk_generate, proxy.url, False, prompt="def f(", suffix="return 1", raw=False)
+    assert reply.response == "Hello!"
+    parts = await in_thread(_sdk_generate, proxy.url, True, prompt="<|im_start|>", raw=True)
+    assert "".join(p.response or "" for p in parts) == "Hello!"
+    paths = [r.path for r in proxy.backend.requests if r.method == "POST"]
+    assert paths == ["/v1/completions", "/v1/completions"]
+    first, second = chat_requests(proxy.backend)
+    assert (first["prompt"], first["suffix"]) == ("def f(", "return 1")
+    assert second["prompt"] == "<|im_start|>"
+
+
+@pytest_twisted.ensureDeferred
+async def test_load_and_unload_requests_are_answered_locally(proxy: RunningProxy, http: HTTPClient) -> None:
+    response = await http.post(proxy.url + "/api/chat", json={"model": MODEL, "messages": []})
+    body = await read_json(response)
+    assert (body["done"], body["done_reason"], body["message"]) == (
+        True,
+        "load",
+        {"role": "assistant", "content": ""},
+    )
+    ps = await read_json(await http.get(proxy.url + "/api/ps"))
+    assert [m["name"] for m in ps["models"]] == ["qwen:latest"]
+    response = await http.post(proxy.url + "/api/generate", json={"model": "qwen:latest", "keep_alive": 0})
+    body = await read_json(response)
+    assert (body["response"], body["done_reason"]) == ("", "unload")
+    assert (await read_json(await http.get(proxy.url + "/api/ps")))["models"] == []
+    assert chat_requests(proxy.backend) == []
+
+
+@pytest_twisted.ensureDeferred
+async def test_keep_alive_sets_expiry_in_ps(proxy: RunningProxy) -> None:
+    await in_thread(_sdk_chat, proxy.url, False, keep_alive="1h")
+    models = (await in_thread(lambda: ollama.Client(host=proxy.url).ps())).models
+    assert [m.model for m in models] == ["qwen:latest"]
+
+
+@pytest.mark.parametrize(
+    ("path", "body", "status", "error"),
+    [
+        (
+            "/api/chat",
+            {"model": "nope", "messages": [{"role": "user", "content": "x"}]},
+            404,
+            "model 'nope' not found",
+        ),
+        ("/api/chat", {"messages": []}, 400, "model is required"),
+        ("/api/generate", {"prompt": "x"}, 404, "model '' not found"),
+        ("/api/chat", {"model": MODEL, "messages": "x"}, 400, None),
+        ("/api/chat", {"model": MODEL, "messages": [{"content": "x"}]}, 400, "messages[0].role is required"),
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": [], "keep_alive": "10"},
+            400,
+            'time: missing unit in duration "10"',
+        ),
+        (
+            "/api/chat",
+            {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "think": "deep"},
+            400,
+            'invalid think value: "deep" (must be "high", "medium", "low", "max", true, or false)',
+        ),
+        (
+            "/api/chat",
+            {"model": "BAAI/bge-small-en-v1.5", "messages": [{"role": "user", "content": "x"}]},
+            400,
+            '"BAAI/bge-small-en-v1.5" does not support chat',
+        ),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_bad_requests(
+    proxy: RunningProxy, http: HTTPClient, path: str, body: dict[str, Any], status: int, error: str | None
+) -> None:
+    response = await http.post(proxy.url + path, json=body)
+    reply = await read_json(response)
+    assert response.code == status
+    assert isinstance(reply["error"], str)
+    if error is not None:
+        assert reply["error"] == error
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_error_before_output_keeps_its_status(proxy: RunningProxy, http: HTTPClient) -> None:
+    await http.get(proxy.url + "/api/tags")  # warm the model list so the failure hits the chat call
+    proxy.backend.fail_next(400, {"error": {"message": "prompt is too long", "type": "BadRequestError"}})
+    response = await http.post(proxy.url + "/api/chat", json={"model": MODEL, "messages": [{"role": "user"}]})
+    assert (response.code, await read_json(response)) == (400, {"error": "prompt is too long"})
+
+
+@pytest.mark.parametrize("failure", ["error_after", "drop_after"])
+@pytest_twisted.ensureDeferred
+async def test_failure_mid_stream_ends_with_an_error_line(
+    proxy: RunningProxy, http: HTTPClient, failure: str
+) -> None:
+    script = ChatScript(content=["one ", "two ", "three"])
+    setattr(script, failure, 2)
+    proxy.backend.script = script
+    code, lines, _ = await ndjson_lines(
+        http, proxy.url + "/api/chat", {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
+    )
+    assert code == 200
+    assert [line["message"]["content"] for line in lines[:-1]] == ["one ", "two "]
+    assert set(lines[-1]) == {"error"}
+    assert isinstance(lines[-1]["error"], str)
+    assert not any(line.get("done") for line in lines)
+
+
+def _sdk_stream_until_error(url: str) -> tuple[str, ollama.ResponseError]:
+    text = ""
+    try:
+        for part in ollama.Client(host=url).chat(
+            model=MODEL, messages=[{"role": "user", "content": "x"}], stream=True
+        ):
+            text += part.message.content or ""
+    except ollama.ResponseError as error:
+        return text, error
+    raise AssertionError("the stream ended without an error")
+
+
+@pytest_twisted.ensureDeferred
+async def test_sdk_sees_a_mid_stream_error(proxy: RunningProxy) -> None:
+    proxy.backend.script = ChatScript(content=["partial"], error_after=1)
+    text, error = await in_thread(_sdk_stream_until_error, proxy.url)
+    assert text == "partial"
+    assert error.status_code == -1
+
+
+class _Reader(Protocol):
+    """A client that sends a streaming request and then either reads nothing or hangs up."""
+
+    def __init__(self, body: bytes, *, read: bool) -> None:
+        self._body = body
+        self._read = read
+        self.received = 0
+        self.first_data: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(self._body), self._body)
+        )
+        if not self._read:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.first_data.called:
+            self.first_data.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+async def _connect(url: str, protocol: _Reader) -> _Reader:
+    factory = ClientFactory.forProtocol(lambda: protocol)
+    port = int(url.rsplit(":", 1)[1])
+    reactor().connectTCP("127.0.0.1", port, factory)
+    return protocol
+
+
+STREAM_BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).encode()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_mid_stream_stops_the_backend(proxy: RunningProxy) -> None:
+    proxy.backend.script = ChatScript(content=["tok "], endless=True, event_delay=0.005)
+    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    await client.first_data
+    assert proxy.backend.open_streams == 1
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await eventually(lambda: proxy.backend.disconnects == 1 and proxy.backend.open_streams == 0)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_leaving_before_headers_stops_the_backend(proxy: RunningProxy) -> None:
+    proxy.backend.script = ChatScript(header_delay=5.0)
+    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    await eventually(lambda: proxy.backend.open_streams == 1)
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await eventually(lambda: proxy.backend.disconnects == 1)
+
+
+@pytest_twisted.async_yield_fixture
+async def stalling_proxy(fake_backend: FakeBackend) -> AsyncIterator[RunningProxy]:
+    running = await start_proxy(
+        fake_backend,
+        fake_backend.base_url,
+        api_key="sk-test-secret",
+        model_map={MODEL: BACKEND_ID},
+        stall_timeout=0.5,
+    )
+    yield running
+    await running.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_that_stops_reading_pauses_the_backend(proxy: RunningProxy) -> None:
+    backend = proxy.backend
+    backend.script = ChatScript(content=["x" * 4096], endless=True)
+    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=False))
+    await eventually(lambda: backend.pauses >= 1)
+    # Flow control reached the backend: once the socket buffers are full its output levels off, instead
+    # of piling up in the daemon's memory.
+    samples = [backend.bytes_streamed]
+    for _ in range(40):
+        await task.deferLater(reactor(), 0.25, lambda: None)
+        samples.append(backend.bytes_streamed)
+        if samples[-1] == samples[-2]:
+            break
+    assert samples[-1] == samples[-2], samples
+    assert samples[-1] < 64 * 1024 * 1024
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await eventually(lambda: backend.disconnects == 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_client_stalled_past_the_timeout_is_cut(stalling_proxy: RunningProxy) -> None:
+    backend = stalling_proxy.backend
+    backend.script = ChatScript(content=["x" * 4096], endless=True)
+    client = await _connect(stalling_proxy.url, _Reader(STREAM_BODY, read=False))
+    await eventually(lambda: backend.disconnects == 1)  # the stall timeout dropped the backend request ...
+    assert client.transport is not None
+    client.transport.resumeProducing()  # type: ignore[attr-defined]
+    await client.closed  # ... and cut the client off
+
+
+@pytest_twisted.ensureDeferred
+async def test_backend_silence_ends_the_stream(fake_backend: FakeBackend, http: HTTPClient) -> None:
+    running = await start_proxy(
+        fake_backend, fake_backend.base_url, api_key="sk-test-secret", model_map={}, idle_timeout=0.3
+    )
+    try:
+        fake_backend.script = ChatScript(content=["a", "b"], event_delay=1.0)
+        code, lines, _ = await ndjson_lines(
+            http,
+            running.url + "/api/chat",
+            {"model": BACKEND_ID, "messages": [{"role": "user", "content": "x"}]},
+        )
+        # The first event is the role-only delta, so nothing was written before the silence: a real status.
+        assert code == 504
+        assert lines == [{"error": "the backend sent nothing for 0.3 seconds"}]
+        await eventually(lambda: fake_backend.disconnects == 1)
+    finally:
+        await running.service.stopService()
+
+
+def _langchain(url: str) -> tuple[str, Any, str]:
+    from langchain_ollama import ChatOllama
+
+    llm = ChatOllama(model=MODEL, base_url=url, temperature=0)
+    message = llm.invoke("Hi")
+    streamed = "".join(str(chunk.content) for chunk in llm.stream("Hi"))
+    return str(message.content), message.usage_metadata, streamed
+
+
+@pytest_twisted.ensureDeferred
+async def test_langchain_chat_ollama(proxy: RunningProxy) -> None:
+    content, usage, streamed = await in_thread(_langchain, proxy.url)
+    assert content == "Hello!"
+    assert streamed == "Hello!"
+    assert usage is not None
+    assert (usage["input_tokens"], usage["output_tokens"]) == (12, 3)
