@@ -38,10 +38,14 @@ FOREVER_SECONDS = 100 * 365 * 24 * 3600.0
 
 @attrs.frozen
 class Resolved:
-    """A client's model name and the backend model it stands for."""
+    """A client's model name, the backend model it stands for, and the backend client that serves it.
+
+    Handlers call ``resolved.client``, never a global backend, so routing lives in one place (here).
+    """
 
     name: str  # as the client sent it (echoed in replies)
     info: ModelInfo
+    client: BackendClient = attrs.field(eq=False, repr=False)
 
     @property
     def backend_id(self) -> str:
@@ -157,7 +161,7 @@ class ModelCatalog:
             info = self._find(await self.snapshot(max_age=MISS_REFRESH_INTERVAL), name)
         if info is None:
             raise ModelNotFound(name)
-        return Resolved(name, info)
+        return Resolved(name, info, self._backend)
 
     async def listing(self) -> list[tuple[str, ModelInfo]]:
         """Every backend model under its listed name, then every alias that points at one."""

@@ -9,16 +9,17 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from typing import Any, Literal
 
 from twisted.web.server import Request
 
 from ollama_proxy.app import App
 from ollama_proxy.catalog import Resolved, keep_alive_seconds
-from ollama_proxy.errors import BackendRejected, BadRequest, ModelNotFound
+from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
-from ollama_proxy.sse import SSEDecoder
+from ollama_proxy.sse import SSEDecoder, SSEEvent
 from ollama_proxy.translate.chat import chat_to_openai, generate_to_openai
 from ollama_proxy.translate.replies import (
     Instant,
@@ -44,9 +45,10 @@ def now() -> Instant:
 class NDJSONTransform:
     """Backend SSE bytes → Ollama NDJSON bytes, one write per upstream read."""
 
-    def __init__(self, translator: StreamTranslator) -> None:
+    def __init__(self, translator: StreamTranslator, clock: Callable[[], Instant] = now) -> None:
         self._decoder = SSEDecoder()
         self._translator = translator
+        self._clock = clock
         self._bad_events = 0
         self._broken: str | None = None
 
@@ -55,8 +57,16 @@ class NDJSONTransform:
         return self._translator.failed or self._broken is not None
 
     def feed(self, data: bytes) -> bytes:
+        try:
+            events = self._decoder.feed(data)
+        except BackendError as error:  # an event beyond the decoder's size limit
+            self._broken = error.message
+            return ndjson_line({"error": error.message})
+        return self._translate(events)
+
+    def _translate(self, events: list[SSEEvent]) -> bytes:
         lines: list[bytes] = []
-        for event in self._decoder.feed(data):
+        for event in events:
             if event.data == "[DONE]":
                 continue
             try:
@@ -70,7 +80,7 @@ class NDJSONTransform:
                 continue
             self._bad_events = 0
             if isinstance(payload, dict):
-                lines.extend(ndjson_line(chunk) for chunk in self._translator.feed(payload, now()))
+                lines.extend(ndjson_line(chunk) for chunk in self._translator.feed(payload, self._clock()))
             if self._translator.failed:
                 break
         return b"".join(lines)
@@ -78,8 +88,11 @@ class NDJSONTransform:
     def end(self) -> bytes:
         if self.failed:
             return b""
-        self._decoder.close()
-        return b"".join(ndjson_line(chunk) for chunk in self._translator.finish(now()))
+        # A last event the backend did not terminate with a blank line still counts.
+        tail = self._translate(self._decoder.close())
+        if self.failed:
+            return tail
+        return tail + b"".join(ndjson_line(chunk) for chunk in self._translator.finish(self._clock()))
 
     def fail(self, message: str) -> bytes:
         return ndjson_line({"error": message})
@@ -124,25 +137,51 @@ class GenerationHandler(Handler):
         endpoint: str,
         body: dict[str, Any],
         stream: bool,
+        thinking: bool,
     ) -> None:
-        backend = self.app.backend
+        """Call the backend and answer: one JSON object, or the NDJSON relay of its SSE stream.
+
+        ``thinking`` (the client asked to think) also splits a leading ``<think>…</think>`` out of the
+        content, for backends that leave reasoning inline.
+        """
+        client = resolved.client
         request_id = getattr(request, "request_id", None)
         started = now()
         try:
             if not stream:
-                data = await backend.post_json(endpoint, body, request_id=request_id)
+                data = await client.post_json(endpoint, body, request_id=request_id)
                 reply = completion_to_reply(
-                    data, model=resolved.name, kind=kind, started=started, ended=now()
+                    data,
+                    model=resolved.name,
+                    kind=kind,
+                    started=started,
+                    ended=now(),
+                    split_think_tags=thinking,
                 )
                 reply_json(request, reply)
                 return
-            response = await backend.request("POST", endpoint, body=compact_json(body), request_id=request_id)
-            await backend.raise_for_status(response)
+            try:
+                response = await client.request(
+                    "POST", endpoint, body=compact_json(body), request_id=request_id
+                )
+                await client.raise_for_status(response)
+            except BackendRejected as error:
+                if not _rejects_usage_option(error, body):
+                    raise
+                # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
+                # only without token counts.
+                body = {key: value for key, value in body.items() if key != "stream_options"}
+                response = await client.request(
+                    "POST", endpoint, body=compact_json(body), request_id=request_id
+                )
+                await client.raise_for_status(response)
         except BackendRejected as error:
             if error.backend_status == 404:
                 raise ModelNotFound(resolved.name) from None
             raise
-        translator = StreamTranslator(model=resolved.name, kind=kind, started=started)
+        translator = StreamTranslator(
+            model=resolved.name, kind=kind, started=started, split_think_tags=thinking
+        )
         request.setHeader(b"content-type", NDJSON_TYPE)
         config = self.app.config
         relay = StreamRelay(
@@ -154,6 +193,19 @@ class GenerationHandler(Handler):
         )
         response.deliverBody(relay)
         await relay.done
+
+
+def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
+    message = error.message.lower()
+    return (
+        "stream_options" in body
+        and error.backend_status in (400, 422)
+        and ("stream_options" in message or "include_usage" in message)
+    )
+
+
+def wants_thinking(think: bool | str | None) -> bool:
+    return think is not None and think is not False
 
 
 class ChatResource(GenerationHandler):
@@ -171,7 +223,13 @@ class ChatResource(GenerationHandler):
         body = chat_to_openai(chat, resolved.backend_id, self.app.config.dialect)
         self.app.recent.touch(resolved, keep)
         await self.complete(
-            request, resolved, kind="chat", endpoint="chat/completions", body=body, stream=chat.stream
+            request,
+            resolved,
+            kind="chat",
+            endpoint="chat/completions",
+            body=body,
+            stream=chat.stream,
+            thinking=wants_thinking(chat.think),
         )
 
 
@@ -191,5 +249,11 @@ class GenerateResource(GenerationHandler):
         endpoint, body = generate_to_openai(generate, resolved.backend_id, self.app.config.dialect)
         self.app.recent.touch(resolved, keep)
         await self.complete(
-            request, resolved, kind="generate", endpoint=endpoint, body=body, stream=generate.stream
+            request,
+            resolved,
+            kind="generate",
+            endpoint=endpoint,
+            body=body,
+            stream=generate.stream,
+            thinking=wants_thinking(generate.think),
         )
