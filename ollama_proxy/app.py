@@ -9,6 +9,7 @@ import attrs
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
 from ollama_proxy.config import ProxyConfig
+from ollama_proxy.resilience import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
 
 @attrs.define
@@ -32,6 +33,12 @@ class App:
             api_key=config.api_key,
             pool_size=config.pool_size,
             connect_timeout=config.connect_timeout,
+            headers_timeout=config.headers_timeout,
+            retry=RetryPolicy(retries=config.retries, budget=config.retry_budget),
+            breaker=CircuitBreaker(
+                reactor, threshold=config.breaker_threshold, cool_down=config.breaker_cooldown
+            ),
+            limit=ConcurrencyLimit(config.max_concurrent, config.max_queue),
         )
         catalog = ModelCatalog(
             backend, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl

@@ -7,15 +7,18 @@ connection exception and clients never see the backend's key or address credenti
 
 from __future__ import annotations
 
+import base64
 import json
+import random
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
-from twisted.internet.defer import CancelledError
-from twisted.internet.interfaces import IReactorTime
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.interfaces import IDelayedCall, IReactorTime
+from twisted.internet.task import deferLater
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
@@ -27,6 +30,13 @@ from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
+from ollama_proxy.resilience import (
+    RETRYABLE_STATUSES,
+    CircuitBreaker,
+    ConcurrencyLimit,
+    RetryPolicy,
+    retry_after_seconds,
+)
 
 # Error bodies are read only this far: enough for any real message, bounded against a hostile backend.
 MAX_ERROR_BODY = 64 * 1024
@@ -87,7 +97,8 @@ def error_message(body: bytes, status: int) -> str:
 
 
 class BackendClient:
-    """Calls the backend under ``base_url`` (e.g. ``http://gpu1:8000/v1``) through one pool."""
+    """Calls the backend under ``base_url`` (e.g. ``http://gpu1:8000/v1``) through one pool, with a
+    response-headers timeout, retries before anything reaches the client, and a circuit breaker."""
 
     def __init__(
         self,
@@ -97,9 +108,29 @@ class BackendClient:
         api_key: str | None,
         pool_size: int,
         connect_timeout: float,
+        headers_timeout: float = 600.0,
+        retry: RetryPolicy | None = None,
+        breaker: CircuitBreaker | None = None,
+        limit: ConcurrencyLimit | None = None,
+        rng: random.Random | None = None,
     ) -> None:
-        self.base_url = base_url.rstrip("/")
+        # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
+        # they never stay in the URL, which appears in logs.
+        parts = urlsplit(base_url)
+        self.base_url = redact_url(base_url).rstrip("/")
         self._api_key = api_key
+        self._authorization: bytes | None = None
+        if api_key:
+            self._authorization = b"Bearer " + api_key.encode()
+        elif parts.username is not None or parts.password is not None:
+            user_info = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
+            self._authorization = b"Basic " + base64.b64encode(user_info)
+        self._clock = reactor
+        self.headers_timeout = headers_timeout
+        self.retry = retry or RetryPolicy()
+        self.breaker = breaker or CircuitBreaker(reactor, threshold=5, cool_down=15.0)
+        self.limit = limit or ConcurrencyLimit(limit=64, queue=512)
+        self._rng = rng or random.Random()  # noqa: S311 -- backoff jitter, not security
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.
@@ -112,11 +143,13 @@ class BackendClient:
 
     def _headers(self, request_id: str | None, extra: dict[bytes, list[bytes]] | None) -> Headers:
         headers = Headers({b"accept": [b"application/json"]})
-        if self._api_key:
-            headers.setRawHeaders(b"authorization", [b"Bearer " + self._api_key.encode()])
+        if self._authorization:
+            headers.setRawHeaders(b"authorization", [self._authorization])
         if request_id:
             headers.setRawHeaders(b"x-request-id", [request_id.encode()])
         for name, values in (extra or {}).items():
+            if name.lower() == b"authorization" and self._authorization:
+                continue  # a pass-through client's own Authorization: the configured credentials replace it
             headers.setRawHeaders(name, values)
         return headers
 
@@ -137,20 +170,94 @@ class BackendClient:
     ) -> IResponse:
         """Send a request and return the response as soon as its headers arrive (body unread, unbuffered).
 
-        Connection failures raise BackendUnreachable / BackendTimeout; HTTP error statuses are the
-        caller's to inspect (``raise_for_status``), since a pass-through relays them as they are.
+        Nothing has reached the client yet, so refused or reset connections and 429/502/503/504 answers
+        are retried with full-jitter backoff (honouring ``Retry-After``) while the policy allows.  The
+        breaker sees every outcome.  Connection failures raise BackendUnreachable / BackendTimeout; an
+        HTTP error status is returned for the caller to relay or raise (``raise_for_status``).
         """
-        all_headers = self._headers(request_id, headers)
-        if body is not None:
-            all_headers.setRawHeaders(b"content-type", [b"application/json"])
+        deadline = self._clock.seconds() + self.retry.budget
+        attempt = 0
+        while True:
+            outcome = await self._attempt(method, path, body, request_id, headers)
+            if isinstance(outcome, BackendError):
+                delay = self.retry.backoff(attempt, self._rng)
+            elif outcome.code not in RETRYABLE_STATUSES:
+                return outcome
+            else:
+                retry_after = outcome.headers.getRawHeaders(b"retry-after", [None])[0]
+                found = retry_after_seconds(retry_after, self._clock.seconds())
+                delay = self.retry.backoff(attempt, self._rng) if found is None else found
+            if attempt >= self.retry.retries or self._clock.seconds() + delay > deadline:
+                if isinstance(outcome, BackendError):
+                    raise outcome
+                return outcome
+            if not isinstance(outcome, BackendError):
+                await self.read_body(outcome, MAX_ERROR_BODY)  # frees the pooled connection
+            attempt += 1
+            await deferLater(self._clock, delay)
+
+    async def _attempt(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        request_id: str | None,
+        headers: dict[bytes, list[bytes]] | None,
+    ) -> IResponse | BackendError:
+        """One attempt through the breaker: the response, or a failure worth retrying (others raise)."""
+        probe = self.breaker.before_request()
         try:
-            response: IResponse = await self.http.request(
-                method, self.url(path), data=body, headers=all_headers, unbuffered=True
-            )
+            response = await self._send(method, path, body, request_id, headers)
+        except BackendError as error:
+            self.breaker.failed()
+            if isinstance(error, BackendUnreachable) and error.retryable:
+                return error
+            raise
+        except BaseException:
+            if probe:
+                self.breaker.abandoned()
+            raise
+        if response.code >= 500 and response.code != 501:
+            self.breaker.failed()
+        else:
+            self.breaker.succeeded()
+        return response
+
+    async def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | None,
+        request_id: str | None,
+        headers: dict[bytes, list[bytes]] | None,
+    ) -> IResponse:
+        """One attempt, aborted if the response headers take longer than ``headers_timeout``."""
+        all_headers = self._headers(request_id, headers)
+        if body is not None and not all_headers.hasHeader(b"content-type"):
+            all_headers.setRawHeaders(b"content-type", [b"application/json"])
+        sending: Deferred[Any] = self.http.request(
+            method, self.url(path), data=body, headers=all_headers, unbuffered=True
+        )
+        expired: list[bool] = []
+
+        def expire() -> None:
+            expired.append(True)
+            sending.cancel()
+
+        timer: IDelayedCall = self._clock.callLater(self.headers_timeout, expire)
+        try:
+            response: IResponse = await sending
         except CancelledError:
+            if expired:
+                raise BackendTimeout(_no_headers(self.headers_timeout)) from None
             raise
         except Exception as exc:  # each failure kind is mapped below; nothing else escapes
+            if expired:
+                raise BackendTimeout(_no_headers(self.headers_timeout)) from None
             raise _connection_error(exc) from None
+        finally:
+            if timer.active():
+                timer.cancel()
         return response
 
     async def raise_for_status(self, response: IResponse) -> None:
@@ -204,6 +311,10 @@ class BackendClient:
         await self.pool.closeCachedConnections()
 
 
+def _no_headers(seconds: float) -> str:
+    return f"the backend did not answer within {seconds:g} seconds"
+
+
 def _connection_error(exc: BaseException) -> BackendError:
     """Name the failure without the backend's address details a client has no use for."""
     reasons: list[BaseException] = [exc]
@@ -213,9 +324,14 @@ def _connection_error(exc: BaseException) -> BackendError:
     if isinstance(first, (net_error.TimeoutError, net_error.ConnectingCancelledError)):
         return BackendTimeout("timed out connecting to the backend")
     if isinstance(first, net_error.ConnectionRefusedError):
-        return BackendUnreachable("cannot reach the backend: connection refused")
+        return BackendUnreachable("cannot reach the backend: connection refused", retryable=True)
     if isinstance(first, net_error.DNSLookupError):
         return BackendUnreachable("cannot reach the backend: its host name does not resolve")
+    if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)) and not isinstance(
+        exc, ResponseFailed
+    ):
+        # Reset before any response: nothing was generated for this request, so it is safe to resend.
+        return BackendUnreachable("the backend closed the connection", retryable=True)
     if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)):
         return BackendUnreachable("the backend closed the connection")
     if isinstance(first, net_error.ConnectError):

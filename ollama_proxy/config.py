@@ -26,7 +26,10 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover - exercised only on Python 3.10
     import tomli as tomllib
 
-DEFAULT_LISTEN = "tcp:11434:interface=127.0.0.1"
+# Twisted's default listen backlog is 50; a burst of clients (or a benchmark) overflows that and pays
+# SYN retransmits of a second or more, so the endpoints this daemon derives ask for more.
+BACKLOG = 1024
+DEFAULT_LISTEN = f"tcp:11434:interface=127.0.0.1:backlog={BACKLOG}"
 # What /api/version reports.  VS Code Copilot refuses anything below 0.6.4; clients gate features
 # (thinking, tool_name, think levels, tool-call ids) on newer versions, so report a current release.
 DEFAULT_OLLAMA_VERSION = "0.13.5"
@@ -49,6 +52,19 @@ class ProxyConfig:
     connect_timeout: float = 10.0
     stall_timeout: float = 60.0
     idle_timeout: float = 300.0
+    embed_batch_size: int = 256
+    headers_timeout: float = 600.0
+    retries: int = 2
+    retry_budget: float = 15.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 15.0
+    max_body: int = 64 * 1024 * 1024
+    max_concurrent: int = 64
+    max_queue: int = 512
+    drain_timeout: float = 30.0
+    client_keys_file: str | None = None
+    client_keys: frozenset[str] = attrs.field(default=frozenset(), repr=False)
+    origins: tuple[str, ...] = ()
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -77,6 +93,34 @@ def _positive_int(value: str) -> int:
     if number < 1:
         raise ValueError(f"{value!r} must be a positive integer")
     return number
+
+
+def _non_negative_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        raise ValueError(f"{value!r} must be a whole number, 0 or more") from None
+    if number < 0:
+        raise ValueError(f"{value!r} must be a whole number, 0 or more")
+    return number
+
+
+_SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
+_SIZE_UNITS |= {"g": 1000**3, "gb": 1000**3, "gib": 1024**3}
+
+
+def _byte_size(value: str) -> int:
+    """``67108864``, ``64MiB``, ``100MB``: a size in bytes."""
+    text = value.strip().lower().replace(" ", "")
+    digits = text.rstrip("abcdefghijklmnopqrstuvwxyz")
+    unit = text[len(digits) :]
+    if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) < 1:
+        raise ValueError(f"{value!r} must be a size such as 67108864, 64MiB or 100MB")
+    return int(digits) * _SIZE_UNITS[unit]
+
+
+def _origins(value: str) -> tuple[str, ...]:
+    return tuple(part.strip() for part in value.split(",") if part.strip())
 
 
 def _positive_float(value: str) -> float:
@@ -125,10 +169,10 @@ def listen_from_ollama_host(value: str) -> str:
     try:
         address = ipaddress.ip_address(host)
     except ValueError:
-        return f"tcp:{port}:interface={host}"
+        return f"tcp:{port}:interface={host}:backlog={BACKLOG}"
     if address.version == 6:
-        return f"tcp6:{port}:interface={str(address).replace(':', chr(92) + ':')}"
-    return f"tcp:{port}:interface={address}"
+        return f"tcp6:{port}:interface={str(address).replace(':', chr(92) + ':')}:backlog={BACKLOG}"
+    return f"tcp:{port}:interface={address}:backlog={BACKLOG}"
 
 
 def _split_host_port(hostport: str, default_port: int) -> tuple[str, int]:
@@ -183,6 +227,22 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
     Setting("stall-timeout", _positive_float, "Seconds a client may stop reading a stream before it is cut."),
     Setting("idle-timeout", _positive_float, "Seconds a backend stream may go silent before it is ended."),
+    Setting(
+        "embed-batch-size", _positive_int, "Inputs per backend /embeddings request (larger lists are split)."
+    ),
+    Setting("headers-timeout", _positive_float, "Seconds to wait for the backend's response headers."),
+    Setting("retries", _non_negative_int, "Further attempts after a refused connection or 429/502/503/504."),
+    Setting("retry-budget", _positive_float, "Seconds within which all attempts of one request must start."),
+    Setting(
+        "breaker-threshold", _positive_int, "Consecutive backend failures that open the circuit breaker."
+    ),
+    Setting("breaker-cooldown", _positive_float, "Seconds the breaker stays open before one probe request."),
+    Setting("max-body", _byte_size, "Largest request body accepted (413 beyond), e.g. 64MiB."),
+    Setting("max-concurrent", _positive_int, "Backend requests in flight at once."),
+    Setting("max-queue", _non_negative_int, "Requests that may wait for a backend slot (503 beyond)."),
+    Setting("drain-timeout", _positive_float, "Seconds in-flight requests get to finish on SIGTERM."),
+    Setting("client-keys-file", str, "Bearer tokens clients must present, one per line (off when unset)."),
+    Setting("origins", _origins, "Extra CORS origins, comma-separated (added to OLLAMA_ORIGINS)."),
 )
 
 
@@ -217,6 +277,18 @@ def load_model_map(path: str) -> dict[str, str]:
             f'--model-map: {path} must be a JSON object of {{"ollama-name": "backend-model-id"}}'
         )
     return dict(data)
+
+
+def load_client_keys(path: str) -> frozenset[str]:
+    """Client bearer tokens: one per line; blank lines and ``#`` comments are skipped."""
+    tokens = frozenset(
+        line.strip()
+        for line in _read_text(path, "client-keys-file").splitlines()
+        if line.strip() and not line.strip().startswith("#")
+    )
+    if not tokens:
+        raise ConfigError(f"--client-keys-file: {path} lists no tokens")
+    return tokens
 
 
 def _read_api_key(path: str) -> str:
@@ -297,6 +369,10 @@ def build_config(
     if "backend" not in values:
         raise ConfigError("--backend: required (or set OLLAMA_PROXY_BACKEND)")
     endpoints = _listen(listen, environ, toml)
+    client_keys_file = values.get("client_keys_file")
+    if client_keys_file:
+        values["client_keys"] = load_client_keys(client_keys_file)
+    values["origins"] = _origins(environ.get("OLLAMA_ORIGINS", "")) + values.get("origins", ())
     api_key_file = values.pop("api_key_file", None)
     api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
     model_map_path = values.pop("model_map", None)

@@ -55,7 +55,13 @@ class BackendError(ProxyError):
 
 
 class BackendUnreachable(BackendError):
+    """``retryable``: the request cannot have reached the backend's model (refused, reset before a reply)."""
+
     status = 502
+
+    def __init__(self, message: str, *, retryable: bool = False) -> None:
+        super().__init__(message)
+        self.retryable = retryable
 
 
 class BackendTimeout(BackendError):

@@ -12,6 +12,7 @@ stream with an error instead of holding a backend slot forever.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from twisted.internet.defer import Deferred
@@ -24,8 +25,11 @@ from twisted.web.http import PotentialDataLoss
 from twisted.web.server import Request
 from zope.interface import implementer
 
-from ollama_proxy.errors import BackendError, BackendTimeout
+from ollama_proxy.errors import BackendError, BackendTimeout, Overloaded, ProxyError
 from ollama_proxy.web import client_gone, finish, reply_error
+
+# The ending that adds nothing to the response: the client is gone, or the stream carried its own error.
+_QUIET = ProxyError("")
 
 
 class StreamTransform(Protocol):
@@ -57,26 +61,32 @@ class StreamRelay(TwistedProtocol):
         *,
         stall_timeout: float,
         idle_timeout: float,
+        error_reply: Callable[[Request, ProxyError], None] = reply_error,
     ) -> None:
         self._request = request
         self._transform = transform
+        # How a failure before any output is answered: Ollama's error body, or OpenAI's on /v1.
+        self._error_reply = error_reply
         self._clock = clock
         self._stall_timeout = stall_timeout
         self._idle_timeout = idle_timeout
         self._stall: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._paused = False
-        self._ending: str | None = None
+        # How the stream is being ended early: _QUIET (client gone, or the stream carried its own error)
+        # or the error to end the response with.  None while the stream runs.
+        self._ending: ProxyError | None = None
         self.bytes_out = 0
         # Fires when the relay is finished with the request, whichever way the stream ended.
         # Cancelling it (the handler's Deferred is cancelled on disconnect) drops the backend connection.
-        self.done: Deferred[None] = Deferred(lambda _: self._abort(None))
+        self.done: Deferred[None] = Deferred(lambda _: self._abort(_QUIET))
 
     # -- the backend body (IProtocol) ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
+        self._request.relay = self  # type: ignore[attr-defined]  # found by a graceful shutdown
         if client_gone(self._request):
-            self._abort(None)
+            self._abort(_QUIET)
             return
         self._request.registerProducer(self, True)
         self._arm_idle()
@@ -89,19 +99,19 @@ class StreamRelay(TwistedProtocol):
         if out:
             self._write(out)
         if self._transform.failed:
-            self._abort("")
+            self._abort(_QUIET)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         if not client_gone(self._request):
             if self._ending is None and reason.check(ResponseDone, PotentialDataLoss):
                 self._close(self._transform.end())
-            elif self._ending:
-                self._fail(self._ending)
             elif self._ending is None:
-                self._fail("the backend connection broke mid-stream")
-            else:
+                self._fail(BackendError("the backend connection broke mid-stream"))
+            elif self._ending is _QUIET:
                 self._close(b"")
+            else:
+                self._fail(self._ending)
         if not self.done.called:
             self.done.callback(None)
 
@@ -125,15 +135,19 @@ class StreamRelay(TwistedProtocol):
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
+    def shutdown(self, message: str) -> None:
+        """End the stream now with ``message`` as its error (the daemon is stopping)."""
+        self._abort(Overloaded(message))
+
     def stopProducing(self) -> None:
         """The client connection went away: stop the backend's work now."""
-        self._abort(None)
+        self._abort(_QUIET)
 
     # -- endings ---------------------------------------------------------------------------------------
 
     def _client_stalled(self) -> None:
         self._stall = None
-        self._abort(None)
+        self._abort(_QUIET)
         # The client stopped reading: no error line could reach it, and a polite close would wait for
         # its full buffers to drain, so the connection is aborted.
         channel: Any = self._request.channel
@@ -142,12 +156,12 @@ class StreamRelay(TwistedProtocol):
 
     def _backend_idle(self) -> None:
         self._idle = None
-        self._abort(f"the backend sent nothing for {self._idle_timeout:g} seconds")
+        self._abort(BackendTimeout(f"the backend sent nothing for {self._idle_timeout:g} seconds"))
 
-    def _abort(self, why: str | None) -> None:
-        """Stop reading from the backend; ``why`` is the error to end the response with ("" for none)."""
+    def _abort(self, why: ProxyError) -> None:
+        """Stop reading from the backend; the response ends with ``why`` (nothing more for _QUIET)."""
         if self._ending is None:
-            self._ending = why if why is not None else ""
+            self._ending = why
         self._cancel_timers()
         transport: Any = self.transport
         if transport is not None:
@@ -158,14 +172,13 @@ class StreamRelay(TwistedProtocol):
             self.bytes_out += len(data)
             self._request.write(data)
 
-    def _fail(self, message: str) -> None:
+    def _fail(self, error: ProxyError) -> None:
         if not self._request.startedWriting:
             # Nothing sent yet: a real status, as Ollama does before the stream starts.
-            error = BackendTimeout(message) if "sent nothing" in message else BackendError(message)
             self._unregister()
-            reply_error(self._request, error)
+            self._error_reply(self._request, error)
             return
-        self._close(self._transform.fail(message))
+        self._close(self._transform.fail(error.message))
 
     def _close(self, tail: bytes) -> None:
         if tail:

@@ -6,19 +6,21 @@ import signal
 from typing import Any
 
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import Deferred, ensureDeferred
+from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
 
+from ollama_proxy.access import ClientKeys, CorsPolicy
 from ollama_proxy.app import App
 from ollama_proxy.backend import redact_url
-from ollama_proxy.config import ProxyConfig, load_model_map
-from ollama_proxy.errors import ConfigError
+from ollama_proxy.config import ProxyConfig, load_client_keys, load_model_map
+from ollama_proxy.errors import ConfigError, Overloaded
 from ollama_proxy.resources import build_root
 from ollama_proxy.site import ProxySite
+from ollama_proxy.web import end_request
 
 log = Logger(namespace="ollama_proxy.service")
 
@@ -71,18 +73,30 @@ def _describe(address: Any) -> str:
 
 
 class ProxyService(MultiService):
-    """The whole daemon.  Stopping it stops the listeners first, then closes the backend pool."""
+    """The whole daemon.  Stopping it stops accepting connections, lets in-flight requests finish within
+    the drain timeout, ends the rest with an error, then closes the backend pool.
 
-    def __init__(self, config: ProxyConfig, reactor: Any) -> None:
+    With ``handle_signals`` (what ``twistd ollamaproxy`` uses) SIGTERM starts that graceful stop and the
+    process exits 0, and SIGHUP reloads the model map and the client keys.
+    """
+
+    def __init__(self, config: ProxyConfig, reactor: Any, *, handle_signals: bool = False) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
         self.app = App.build(config, reactor)
-        self.site = ProxySite(build_root(self.app))
+        self.site = ProxySite(
+            build_root(self.app),
+            clock=reactor,
+            max_body=config.max_body,
+            client_keys=ClientKeys(config.client_keys),
+            cors=CorsPolicy(config.origins),
+        )
         self.listeners = [ListeningService(reactor, endpoint, self.site) for endpoint in config.listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
-        self._previous_sighup: Any = None
+        self._handle_signals = handle_signals
+        self._previous_handlers: dict[int, Any] = {}
 
     def startService(self) -> None:
         log.info(
@@ -91,11 +105,32 @@ class ProxyService(MultiService):
             dialect=self.config.dialect.value,
         )
         super().startService()
-        if self.config.model_map_path:
-            self._previous_sighup = signal.signal(signal.SIGHUP, self._on_sighup)
+        if self._handle_signals:
+            # After reactor.run() has installed Twisted's own handlers, which these replace.
+            self.reactor.callWhenRunning(self._install_signal_handlers)
+
+    def _install_signal_handlers(self) -> None:
+        for signum, handler in ((signal.SIGTERM, self._on_sigterm), (signal.SIGHUP, self._on_sighup)):
+            self._previous_handlers[signum] = signal.signal(signum, handler)
+
+    def _on_sigterm(self, signum: int, frame: Any) -> None:
+        # reactor.stop() runs stopService (the drain); leaving without re-raising the signal exits 0.
+        self.reactor.callFromThread(self.reactor.stop)
 
     def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload_model_map)
+        self.reactor.callFromThread(self.reload)
+
+    def reload(self) -> None:
+        """SIGHUP: re-read the model map and the client keys; a broken file keeps the old values."""
+        self.reload_model_map()
+        path = self.config.client_keys_file
+        if path:
+            try:
+                self.site.client_keys = ClientKeys(load_client_keys(path))
+            except ConfigError as exc:
+                log.error("client keys not reloaded, keeping the previous ones: {why}", why=str(exc))
+            else:
+                log.info("client keys reloaded from {path}", path=path)
 
     def reload_model_map(self) -> None:
         """Swap the alias table; a broken file keeps the old one.  Requests in flight are unaffected."""
@@ -111,11 +146,47 @@ class ProxyService(MultiService):
         log.info("model map reloaded from {path}: {count} aliases", path=path, count=len(model_map))
 
     def stopService(self) -> Deferred[None]:
-        if self._previous_sighup is not None:
-            signal.signal(signal.SIGHUP, self._previous_sighup)
-            self._previous_sighup = None
+        for signum, handler in self._previous_handlers.items():
+            signal.signal(signum, handler)
+        self._previous_handlers.clear()
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        await super().stopService()
+        await super().stopService()  # the listeners: no new connections from here on
+        await self._drain()
         await self.app.backend.close()
+
+    async def _drain(self) -> None:
+        await self._finish_requests()
+        # What the last responses wrote is still in the transports' buffers: flush it before the reactor
+        # stops (its shutdown drops connections without writing what they hold).
+        await self.site.close_connections(grace=2.0)
+
+    async def _finish_requests(self) -> None:
+        if not self.site.active:
+            return
+        timeout = self.config.drain_timeout
+        log.info(
+            "stopping: waiting up to {timeout}s for {count} requests",
+            timeout=timeout,
+            count=len(self.site.active),
+        )
+        if await _within(self.reactor, self.site.idle(), timeout):
+            return
+        log.warn("stopping: ending {count} unfinished requests", count=len(self.site.active))
+        for request in list(self.site.active):
+            end_request(request, Overloaded("the server is shutting down"))
+        await _within(self.reactor, self.site.idle(), 2.0)
+
+
+async def _within(clock: Any, waiting: Deferred[None], seconds: float) -> bool:
+    """Whether ``waiting`` fired within ``seconds`` (it is cancelled otherwise)."""
+    timer = clock.callLater(seconds, waiting.cancel)
+    try:
+        await waiting
+    except CancelledError:
+        return False
+    finally:
+        if timer.active():
+            timer.cancel()
+    return True

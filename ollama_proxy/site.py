@@ -1,39 +1,158 @@
-"""The HTTP site: a Request subclass that carries the request id and writes the access log when the
+"""The HTTP site: a Request subclass that decides, before any handler runs, whether a request may proceed
+(body size, CORS origin, client token), carries the request id, and writes the access log when the
 request really ends.
 
 ``Site.log`` is not called for requests whose client went away mid-stream, which are exactly the ones an
 operator most needs to see, so the access event is written from ``finish()`` and ``connectionLost()``.
+An oversized body is refused from its ``Content-Length`` before a byte of it is stored, or as soon as a
+chunked body passes the limit; the rest of it is read and dropped so the client sees the 413.
 """
 
 from __future__ import annotations
 
+import io
 import re
 import time
 import uuid
+import weakref
 from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
+from ollama_proxy.access import ALLOWED_HEADERS, ALLOWED_METHODS, ClientKeys, CorsPolicy
+from ollama_proxy.translate.replies import compact_json
+
 access_log = Logger(namespace="ollama_proxy.access")
 
 # A client-supplied X-Request-ID is kept only when it is a plain token, so it cannot forge log lines.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
+# Probes must work without a token (load balancers, systemd, Kubernetes).
+OPEN_PATHS = frozenset({b"/", b"/health", b"/ready"})
+# How long the rest of an oversized body is read and dropped before the connection is closed anyway.
+LINGER_SECONDS = 10.0
 
 
 class ProxyRequest(Request):
     request_id: str = "-"
     started: float = 0.0
     outcome: str = ""
+    oversized = False
+    received = 0
+    # Set by the handler machinery, so a shutdown can end the request properly (web.py, relay.py).
+    render_deferred: Deferred[None] | None = None
+    relay: Any = None
+
+    _site: ProxySite | None = None
+
+    @property
+    def proxy_site(self) -> ProxySite:
+        # Kept on the request: Twisted drops request.channel once the request finishes.
+        if self._site is None:
+            self._site = self.channel.site  # type: ignore[attr-defined]  # Site.buildProtocol sets it
+        assert self._site is not None  # noqa: S101 -- for mypy; set just above
+        return self._site
+
+    @property
+    def _transport(self) -> Any:
+        return self.channel.transport
+
+    # -- before the body: the size limit -------------------------------------------------------------
+
+    def gotLength(self, length: int | None) -> None:
+        if length is not None and length > self.proxy_site.max_body:
+            self._refuse_oversized()
+            return
+        super().gotLength(length)
+
+    def handleContentChunk(self, data: bytes) -> None:
+        if self.oversized:
+            return
+        self.received += len(data)
+        if self.received > self.proxy_site.max_body:
+            self._refuse_oversized()
+            return
+        super().handleContentChunk(data)
+
+    def _refuse_oversized(self) -> None:
+        self.oversized = True
+        self.content = io.BytesIO()
+        limit = self.proxy_site.max_body
+        body = compact_json({"error": f"request body too large: the limit is {limit} bytes"})
+        transport = self._transport
+        transport.write(
+            b"HTTP/1.1 413 Request Entity Too Large\r\n"
+            b"Content-Type: application/json; charset=utf-8\r\n"
+            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
+        )
+        self.code = 413
+        self.started = time.monotonic()
+        self.proxy_site.clock.callLater(LINGER_SECONDS, transport.loseConnection)
+
+    def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
+        if self.oversized:
+            self.method, self.uri = command, path
+            self._log_access("too_large")
+            self._transport.loseConnection()
+            return
+        super().requestReceived(command, path, version)
+
+    # -- the request proper ----------------------------------------------------------------------------
 
     def process(self) -> None:
         self.started = time.monotonic()
         supplied = (self.getHeader(b"x-request-id") or b"").decode("latin-1")
         self.request_id = supplied if _SANE_REQUEST_ID.match(supplied) else uuid.uuid4().hex
         self.setHeader(b"x-request-id", self.request_id.encode())
+        site = self.proxy_site
+        self.site = site  # what Request.process() sets first; the early answers below need it too
+        if not self._cors(site.cors) or not self._authorized(site.client_keys):
+            return
+        site.active.add(self)
         super().process()
+
+    def _cors(self, policy: CorsPolicy) -> bool:
+        """Apply CORS; False when the request has been answered here (preflight or refused origin)."""
+        origin = self.getHeader(b"origin")
+        if origin is None:
+            return True
+        text = origin.decode("latin-1")
+        if not policy.allows(text):
+            self._answer(403, {"error": f"origin {text} is not allowed"})
+            return False
+        self.setHeader(b"access-control-allow-origin", policy.allow_origin_header(text))
+        self.setHeader(b"vary", b"Origin")
+        if self.method == b"OPTIONS" and self.getHeader(b"access-control-request-method"):
+            self.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
+            self.setHeader(b"access-control-allow-headers", ALLOWED_HEADERS)
+            self.setHeader(b"access-control-max-age", b"86400")
+            self._answer(204, None)
+            return False
+        return True
+
+    def _authorized(self, keys: ClientKeys) -> bool:
+        if not keys.enabled or (self.path or b"/") in OPEN_PATHS:
+            return True
+        if keys.allows(self.getHeader(b"authorization")):
+            return True
+        self.setHeader(b"www-authenticate", b'Bearer realm="ollama-proxy"')
+        self._answer(401, {"error": "unauthorized: a valid bearer token is required"})
+        return False
+
+    def _answer(self, status: int, body: Any) -> None:
+        self.setResponseCode(status)
+        data = b"" if body is None else compact_json(body)
+        if data:
+            self.setHeader(b"content-type", b"application/json; charset=utf-8")
+        self.setHeader(b"content-length", b"%d" % len(data))
+        self.write(data)
+        self.finish()
+
+    # -- the end -------------------------------------------------------------------------------------
 
     def finish(self) -> None:
         super().finish()
@@ -47,6 +166,8 @@ class ProxyRequest(Request):
         if self.outcome:  # finish() then connectionLost(): one event per request
             return
         self.outcome = outcome
+        if self._site is not None:
+            self._site.request_ended(self)
         access_log.info(
             "{method} {path} {status} {duration_ms}ms {outcome}",
             request_id=self.request_id,
@@ -70,8 +191,61 @@ class ProxySite(Site):
     requestFactory = ProxyRequest
     noisy = False
 
-    def __init__(self, root: Resource) -> None:
+    def __init__(
+        self,
+        root: Resource,
+        *,
+        clock: Any,
+        max_body: int,
+        client_keys: ClientKeys | None = None,
+        cors: CorsPolicy | None = None,
+    ) -> None:
         super().__init__(root)
+        self.clock = clock
+        self.max_body = max_body
+        self.client_keys = client_keys or ClientKeys(())
+        self.cors = cors or CorsPolicy(())
+        # Requests being handled, for a graceful shutdown; idle() fires when the set empties.
+        self.active: set[ProxyRequest] = set()
+        self._idle_waiters: list[Deferred[None]] = []
+        # Open client connections, so a shutdown can close them politely (flushing what was written).
+        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def buildProtocol(self, addr: Any) -> Any:
+        protocol = super().buildProtocol(addr)
+        self.connections.add(protocol)
+        return protocol
+
+    async def close_connections(self, grace: float) -> None:
+        """Close every client connection after its pending output is written; abort after ``grace``."""
+        # Site protocols wrap the HTTPChannel that owns the transport.
+        channels = [getattr(protocol, "_channel", protocol) for protocol in list(self.connections)]
+        transports = [channel.transport for channel in channels if channel.transport is not None]
+        for transport in transports:
+            transport.loseConnection()
+        deadline = self.clock.seconds() + grace
+        while any(getattr(t, "connected", False) for t in transports) and self.clock.seconds() < deadline:
+            await deferLater(self.clock, 0.02)
+        for transport in transports:
+            if getattr(transport, "connected", False):
+                transport.abortConnection()
+
+    def request_ended(self, request: ProxyRequest) -> None:
+        self.active.discard(request)
+        if not self.active:
+            waiters, self._idle_waiters = self._idle_waiters, []
+            for waiter in waiters:
+                if not waiter.called:  # a cancelled wait (drain timeout) has already fired
+                    waiter.callback(None)
+
+    def idle(self) -> Deferred[None]:
+        """Fires once no request is being handled."""
+        waiter: Deferred[None] = Deferred()
+        if not self.active:
+            waiter.callback(None)
+        else:
+            self._idle_waiters.append(waiter)
+        return waiter
 
     def log(self, request: Any) -> None:
         """Replaced by ProxyRequest's access event, which also covers aborted requests."""

@@ -64,4 +64,4 @@ def makeService(options: Options, reactor: Any = None) -> ProxyService:
 
         reactor = global_reactor
     assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
-    return ProxyService(options.config, reactor)
+    return ProxyService(options.config, reactor, handle_signals=True)

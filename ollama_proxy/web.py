@@ -87,6 +87,19 @@ def reply_error(request: Request, error: ProxyError) -> None:
     reply_json(request, {"error": error.message}, error.status)
 
 
+def end_request(request: Request, error: ProxyError) -> None:
+    """End a request in flight from outside its handler (a shutdown): a stream gets ``error`` as its last
+    line, anything else ``error`` as its response; the handler's work, and its backend call, is cancelled."""
+    relay = getattr(request, "relay", None)
+    if relay is not None:
+        relay.shutdown(error.message)
+        return
+    reply_error(request, error)
+    running = getattr(request, "render_deferred", None)
+    if running is not None:
+        running.cancel()
+
+
 def read_json(request: Request) -> Any:
     """The request body as JSON, with Ollama's messages for an empty or malformed body."""
     content = request.content
@@ -132,6 +145,7 @@ class JSONResource(Resource):
             reply_error(request, MethodNotAllowed(method, self.allowed_methods()))
             return NOT_DONE_YET
         running = Deferred.fromCoroutine(self._run(request, handler))
+        request.render_deferred = running  # type: ignore[attr-defined]  # read by a graceful shutdown
         # Twisted fires notifyFinish's errback when the client goes away; cancelling reaches whatever the
         # handler awaits (a treq call aborts its backend connection).
         request.notifyFinish().addErrback(lambda _: running.cancel())

@@ -38,7 +38,7 @@ class RunningProxy:
 
 
 async def start_proxy(backend: FakeBackend, backend_url: str, **settings: Any) -> RunningProxy:
-    settings.setdefault("listen", ("tcp:0:interface=127.0.0.1",))
+    settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
     config = ProxyConfig(backend=backend_url, **settings)
     service = ProxyService(config, reactor())
     service.startService()

@@ -213,11 +213,13 @@ class _SSEStream:
         self._call: IDelayedCall | None = None
         self._paused = False
         self.running = False
+        self.sent = bytearray()  # every byte written, for byte-for-byte comparisons
 
     def start(self, header_delay: float) -> None:
         self.running = True
         self._backend.open_streams += 1
         self._backend._streams.add(self)
+        self._backend.sent_streams.append(self.sent)
         self._request.registerProducer(self, True)
         self._request.notifyFinish().addErrback(self._client_gone)
         self._schedule(header_delay)
@@ -260,6 +262,7 @@ class _SSEStream:
 
     def _write(self, data: bytes) -> None:
         self._backend.bytes_streamed += len(data)
+        self.sent += data
         self._request.write(data)
 
     def _step(self) -> None:
@@ -327,6 +330,10 @@ class FakeBackend:
         self.pauses = 0
         self.open_streams = 0
         self.bytes_streamed = 0
+        # The bytes of each stream, in the order they were started.
+        self.sent_streams: list[bytearray] = []
+        # Headers added to every response (e.g. to see which ones a proxy relays).
+        self.extra_headers: dict[str, str] = {}
         self.base_url: str = ""  # set by listen()
         self._clock = reactor
         self._failures: deque[_Failure] = deque()
@@ -383,7 +390,8 @@ class FakeBackend:
             self._clock = IReactorTime(reactor)
         self._factory = _TrackingFactory(self.site())
         self._factory.noisy = False
-        self._port = reactor.listenTCP(port, self._factory, interface=interface)  # type: ignore[arg-type]
+        # A backlog above Twisted's 50, for the tests that open hundreds of streams at once.
+        self._port = reactor.listenTCP(port, self._factory, backlog=1024, interface=interface)  # type: ignore[arg-type]
         host = f"[{interface}]" if ":" in interface else interface
         self.base_url = f"http://{host}:{self._port.getHost().port}/v1"  # type: ignore[attr-defined]
         return self.base_url
@@ -465,6 +473,8 @@ class FakeBackend:
 
     def _handle(self, request: Request) -> bytes | int:
         rec = self._record(request)
+        for name, value in self.extra_headers.items():
+            request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
         if self._failures:
             return self._send_failure(request, self._failures.popleft())
         if self.api_key is not None:
@@ -482,6 +492,7 @@ class FakeBackend:
             "/v1/chat/completions": ("POST", self._chat),
             "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
+            "/v1/responses": ("POST", self._responses),
         }
         if path in routes:
             allowed, handler = routes[path]
@@ -961,6 +972,82 @@ class FakeBackend:
         if include_usage and script.usage is not None:
             yield sse({**base, "choices": [], "usage": self._usage(script)})
         yield DONE_EVENT
+
+    # -- responses (the Responses API, text only) ----------------------------------------------
+    def _responses(self, request: Request, rec: Recorded) -> bytes | int:
+        body = self._parse_body(request, rec)
+        if isinstance(body, bytes):
+            return body
+        if not isinstance(body.get("input"), (str, list)):
+            return self._error(request, 400, "Field required: input", "BadRequestError")
+        script = attrs.evolve(self.script)
+        model: str = body["model"]
+        response_id = self._next_id("resp")
+        if not body.get("stream"):
+            return self._json(request, 200, self._response_object(script, model, response_id, done=True))
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        events = self._response_events(script, model, response_id)
+        _SSEStream(self, request, events, script).start(script.header_delay)
+        return NOT_DONE_YET
+
+    def _response_object(
+        self, script: ChatScript, model: str, response_id: str, *, done: bool
+    ) -> dict[str, Any]:
+        usage = script.usage or {}
+        output = [
+            {
+                "type": "message",
+                "id": f"msg_{response_id}",
+                "status": "completed",
+                "role": "assistant",
+                "content": [{"type": "output_text", "text": "".join(script.content), "annotations": []}],
+            }
+        ]
+        return {
+            "id": response_id,
+            "object": "response",
+            "created_at": self._now(),
+            "status": "completed" if done else "in_progress",
+            "model": model,
+            "output": output if done else [],
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": {
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+                "total_tokens": usage.get("total_tokens", 0),
+            }
+            if done
+            else None,
+        }
+
+    def _response_events(self, script: ChatScript, model: str, response_id: str) -> Iterator[StreamItem]:
+        """``event:`` + ``data:`` pairs, as the Responses API streams them."""
+        sequence = itertools.count()
+
+        def event(kind: str, **fields: Any) -> bytes:
+            payload = {"type": kind, "sequence_number": next(sequence), **fields}
+            return b"event: " + kind.encode() + b"\n" + sse(payload)
+
+        yield event(
+            "response.created", response=self._response_object(script, model, response_id, done=False)
+        )
+        for piece in self._content_stream(script):
+            yield event(
+                "response.output_text.delta",
+                item_id=f"msg_{response_id}",
+                output_index=0,
+                content_index=0,
+                delta=piece,
+            )
+        if script.drop_after is not None:
+            yield _DROP
+            return
+        yield event(
+            "response.completed", response=self._response_object(script, model, response_id, done=True)
+        )
 
     # -- embeddings ----------------------------------------------------------------------------
     def _embeddings(self, request: Request, rec: Recorded) -> bytes | int:

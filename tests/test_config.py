@@ -112,15 +112,15 @@ def test_there_is_no_command_line_option_for_the_key_itself() -> None:
 @pytest.mark.parametrize(
     ("ollama_host", "endpoint"),
     [
-        ("0.0.0.0", "tcp:11434:interface=0.0.0.0"),
-        ("127.0.0.1:8080", "tcp:8080:interface=127.0.0.1"),
-        (":8080", "tcp:8080:interface=0.0.0.0"),
-        ("http://10.1.2.3", "tcp:80:interface=10.1.2.3"),
-        ("https://10.1.2.3", "tcp:443:interface=10.1.2.3"),
-        ("http://10.1.2.3:9000/prefix", "tcp:9000:interface=10.1.2.3"),
-        ("[::1]:11434", "tcp6:11434:interface=\\:\\:1"),
-        ("::", "tcp6:11434:interface=\\:\\:"),
-        ("localhost", "tcp:11434:interface=localhost"),
+        ("0.0.0.0", "tcp:11434:interface=0.0.0.0:backlog=1024"),
+        ("127.0.0.1:8080", "tcp:8080:interface=127.0.0.1:backlog=1024"),
+        (":8080", "tcp:8080:interface=0.0.0.0:backlog=1024"),
+        ("http://10.1.2.3", "tcp:80:interface=10.1.2.3:backlog=1024"),
+        ("https://10.1.2.3", "tcp:443:interface=10.1.2.3:backlog=1024"),
+        ("http://10.1.2.3:9000/prefix", "tcp:9000:interface=10.1.2.3:backlog=1024"),
+        ("[::1]:11434", "tcp6:11434:interface=\\:\\:1:backlog=1024"),
+        ("::", "tcp6:11434:interface=\\:\\::backlog=1024"),
+        ("localhost", "tcp:11434:interface=localhost:backlog=1024"),
     ],
 )
 def test_listen_follows_ollama_host(ollama_host: str, endpoint: str) -> None:

@@ -322,6 +322,47 @@ async def test_embeddings(backend: FakeBackend) -> None:
     assert body["data"][0]["embedding"] == backend.embedding_for("hello world")[:3]
 
 
+def _responses(url: str, stream: bool) -> Any:
+    with _client(url) as client:
+        if stream:
+            return [
+                e.to_dict()
+                for e in client.responses.create(model=DEFAULT_MODELS["vllm"][0], input="Hi", stream=True)
+            ]
+        return client.responses.create(model=DEFAULT_MODELS["vllm"][0], input="Hi")
+
+
+@pytest_twisted.ensureDeferred
+async def test_responses_api(backend: FakeBackend) -> None:
+    reply = await _in_thread(_responses, backend.base_url, False)
+    assert reply.output_text == "Hello!"
+    assert reply.usage.input_tokens == 12
+    events = await _in_thread(_responses, backend.base_url, True)
+    assert [e["type"] for e in events] == [
+        "response.created",
+        *["response.output_text.delta"] * 3,
+        "response.completed",
+    ]
+    assert [e["sequence_number"] for e in events] == list(range(5))
+    assert events[-1]["response"]["output"][0]["content"][0]["text"] == "Hello!"
+    raw = bytes(backend.sent_streams[-1])
+    assert raw.startswith(b"event: response.created\ndata: {")
+    assert backend.requests[-1].path == "/v1/responses"
+
+
+@pytest_twisted.ensureDeferred
+async def test_sent_streams_and_extra_headers(backend: FakeBackend) -> None:
+    backend.extra_headers = {"x-trace": "t1"}
+    response = await _http().post(
+        backend.base_url + "/chat/completions",
+        json={"model": DEFAULT_MODELS["vllm"][0], "messages": MESSAGES, "stream": True},
+        headers={"authorization": "Bearer k"},
+    )
+    body = await response.content()
+    assert response.headers.getRawHeaders("x-trace") == ["t1"]
+    assert [bytes(sent) for sent in backend.sent_streams] == [body]
+
+
 # -- errors and auth -------------------------------------------------------------------------------
 @pytest_twisted.ensureDeferred
 async def test_unknown_model_is_404(backend: FakeBackend) -> None:

@@ -234,7 +234,9 @@ async def test_backend_down_is_a_clear_502(http: HTTPClient) -> None:
 async def test_backend_errors_keep_their_meaning(
     proxy: RunningProxy, http: HTTPClient, status: int, expected: int
 ) -> None:
-    proxy.backend.fail_next(status, {"error": {"message": "Incorrect API key sk-test-secret", "type": "x"}})
+    # Three times: more than the two retries that 429 and 503 get before the client sees them.
+    body = {"error": {"message": "Incorrect API key sk-test-secret", "type": "x"}}
+    proxy.backend.fail_next(status, body, times=3)
     response = await http.get(proxy.url + "/api/tags")
     body = await read_json(response)
     assert response.code == expected

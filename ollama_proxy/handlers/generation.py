@@ -51,6 +51,7 @@ class NDJSONTransform:
         self._clock = clock
         self._bad_events = 0
         self._broken: str | None = None
+        self._saw_done = False
 
     @property
     def failed(self) -> bool:
@@ -68,6 +69,7 @@ class NDJSONTransform:
         lines: list[bytes] = []
         for event in events:
             if event.data == "[DONE]":
+                self._saw_done = True
                 continue
             try:
                 payload = json.loads(event.data)
@@ -92,6 +94,8 @@ class NDJSONTransform:
         tail = self._translate(self._decoder.close())
         if self.failed:
             return tail
+        if not (self._saw_done or self._translator.saw_finish):
+            return tail + self.fail("the backend's stream ended before it was complete")
         return tail + b"".join(ndjson_line(chunk) for chunk in self._translator.finish(self._clock()))
 
     def fail(self, message: str) -> bytes:
@@ -144,6 +148,20 @@ class GenerationHandler(Handler):
         ``thinking`` (the client asked to think) also splits a leading ``<think>…</think>`` out of the
         content, for backends that leave reasoning inline.
         """
+        client = resolved.client
+        async with client.limit:
+            await self._exchange(request, resolved, kind, endpoint, body, stream, thinking)
+
+    async def _exchange(
+        self,
+        request: Request,
+        resolved: Resolved,
+        kind: Kind,
+        endpoint: str,
+        body: dict[str, Any],
+        stream: bool,
+        thinking: bool,
+    ) -> None:
         client = resolved.client
         request_id = getattr(request, "request_id", None)
         started = now()

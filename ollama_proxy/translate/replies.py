@@ -380,6 +380,12 @@ class StreamTranslator:
     def failed(self) -> bool:
         return self._failed
 
+    @property
+    def saw_finish(self) -> bool:
+        """Whether the backend said why it stopped (a ``finish_reason``): a stream that ends without one
+        and without ``[DONE]`` was cut short."""
+        return self._finish_reason is not None
+
     def feed(self, event: Mapping[str, Any], at: Instant) -> list[dict[str, Any]]:
         if self._failed or self._finished:
             return []
