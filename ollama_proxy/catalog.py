@@ -60,13 +60,17 @@ class Snapshot:
     models: tuple[ModelInfo, ...]
     by_id: Mapping[str, ModelInfo]
     by_key: Mapping[str, ModelInfo]
+    # The backend's own entries by id, as it sent them (``/v1/models/{alias}`` answers with its target's).
+    entries: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
 
 
-def _snapshot(fetched_at: float, models: tuple[ModelInfo, ...]) -> Snapshot:
+def _snapshot(
+    fetched_at: float, models: tuple[ModelInfo, ...], entries: Mapping[str, Mapping[str, Any]]
+) -> Snapshot:
     by_key: dict[str, ModelInfo] = {}
     for info in models:
         by_key.setdefault(lookup_key(info.id), info)
-    return Snapshot(fetched_at, models, {m.id: m for m in models}, by_key)
+    return Snapshot(fetched_at, models, {m.id: m for m in models}, by_key, entries)
 
 
 class ModelCatalog:
@@ -135,6 +139,7 @@ class ModelCatalog:
         if not isinstance(entries, list):
             raise BackendError("backend /models reply has no model list")
         models = []
+        raw: dict[str, Mapping[str, Any]] = {}
         for entry in entries:
             if isinstance(entry, dict):
                 entry_id = entry.get("id")
@@ -142,7 +147,8 @@ class ModelCatalog:
                 info = model_info(entry, override)
                 if info is not None:
                     models.append(info)
-        return _snapshot(self._clock.seconds(), tuple(models))
+                    raw.setdefault(info.id, entry)
+        return _snapshot(self._clock.seconds(), tuple(models), raw)
 
     def _find(self, snapshot: Snapshot, name: str) -> ModelInfo | None:
         key = lookup_key(name)

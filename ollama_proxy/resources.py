@@ -6,7 +6,7 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from ollama_proxy.app import App
-from ollama_proxy.handlers import generation, manage, meta
+from ollama_proxy.handlers import embed, generation, manage, meta, openai
 from ollama_proxy.web import Directory
 
 
@@ -21,6 +21,8 @@ def build_root(app: App) -> Resource:
         b"ps": meta.PsResource(app),
         b"chat": generation.ChatResource(app),
         b"generate": generation.GenerateResource(app),
+        b"embed": embed.EmbedResource(app),
+        b"embeddings": embed.EmbeddingsResource(app),
         b"pull": manage.PullResource(app),
         b"push": manage.PushResource(app),
         b"create": manage.CreateResource(app),
@@ -30,4 +32,12 @@ def build_root(app: App) -> Resource:
     }
     for name, child in children.items():
         api.putChild(name, child)
+    # The OpenAI API, passed through: everything under /v1, and the paths some clients call without it.
+    passthrough = openai.OpenAIResource(app)
+    root.putChild(b"v1", passthrough)
+    chat = Directory()
+    chat.putChild(b"completions", passthrough)
+    root.putChild(b"chat", chat)
+    for name in (b"completions", b"embeddings", b"models", b"responses"):
+        root.putChild(name, passthrough)
     return root

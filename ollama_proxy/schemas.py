@@ -111,6 +111,29 @@ class CopyRequest:
     destination: str
 
 
+@attrs.frozen
+class EmbedRequest:
+    """``/api/embed``.  ``input`` (a string or a list of strings) is checked by the handler, which answers
+    Ollama's own ``invalid input type``; ``truncate`` and ``options`` are accepted and not forwarded."""
+
+    model: str = ""  # missing is Ollama's 404 "model '' not found", as for generate
+    input: Any = None
+    truncate: bool | None = None
+    dimensions: int | None = None
+    options: JSONObject = attrs.Factory(dict)
+    keep_alive: KeepAlive = None
+
+
+@attrs.frozen
+class EmbeddingsRequest:
+    """``/api/embeddings``, the legacy single-prompt form."""
+
+    model: str = ""
+    prompt: str | None = None
+    options: JSONObject = attrs.Factory(dict)
+    keep_alive: KeepAlive = None
+
+
 def _strict(kind: type[Any] | tuple[type[Any], ...], what: str) -> Any:
     """A structure hook that accepts only ``kind`` (bool is not an int here, as in Go's decoder)."""
 

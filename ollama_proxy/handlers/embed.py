@@ -1,0 +1,115 @@
+"""``/api/embed`` and ``/api/embeddings``: validate, resolve the model, call the backend's ``/embeddings`` in
+batches, and answer in Ollama's shape.
+
+The translation lives in ``translate/embeddings.py``; this module reads the clock, calls the backend and
+maps its failures onto Ollama's errors.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+from twisted.web.server import Request
+
+from ollama_proxy.app import App
+from ollama_proxy.catalog import Resolved, keep_alive_seconds
+from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound, NotFound
+from ollama_proxy.schemas import EmbeddingsRequest, EmbedRequest, structure
+from ollama_proxy.translate.embeddings import (
+    batches,
+    embed_inputs,
+    embed_reply,
+    embeddings_reply,
+    embeddings_request,
+    parse_embeddings,
+    shape_vector,
+    sum_tokens,
+)
+from ollama_proxy.web import Handler, read_json, reply_json
+
+
+def _keep_alive(value: Any) -> float:
+    try:
+        return keep_alive_seconds(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None
+
+
+class EmbeddingHandler(Handler):
+    """What both endpoints share: one backend ``/embeddings`` call per batch."""
+
+    app: App
+
+    async def embed(
+        self, request: Request, resolved: Resolved, inputs: Sequence[str]
+    ) -> tuple[list[list[float]], int | None]:
+        """The backend's raw vectors for ``inputs``, in order, and the prompt tokens it reported."""
+        client = resolved.client
+        request_id = getattr(request, "request_id", None)
+        vectors: list[list[float]] = []
+        counts: list[int | None] = []
+        for batch in batches(inputs, self.app.config.embed_batch_size):
+            body = embeddings_request(resolved.backend_id, batch)
+            try:
+                async with client.limit:
+                    data = await client.post_json("embeddings", body, request_id=request_id)
+            except BackendRejected as error:
+                if error.backend_status != 404:
+                    raise
+                if resolved.info.is_embedding:
+                    raise ModelNotFound(resolved.name) from None
+                # The backend serves the model (it is in its list) but has no embeddings for it.
+                raise BadRequest(f'"{resolved.name}" does not support embeddings') from None
+            try:
+                found, tokens = parse_embeddings(data, len(batch))
+            except ValueError as exc:
+                raise BackendError(str(exc)) from None
+            vectors.extend(found)
+            counts.append(tokens)
+        return vectors, sum_tokens(counts)
+
+
+class EmbedResource(EmbeddingHandler):
+    async def on_post(self, request: Request) -> None:
+        started = time.monotonic_ns()
+        embed = structure(read_json(request), EmbedRequest)
+        if not embed.model:
+            raise ModelNotFound("")  # Ollama's quirk, as for generate
+        try:
+            inputs = embed_inputs(embed.input)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        resolved = await self.app.catalog.resolve(embed.model)
+        self.app.recent.touch(resolved, _keep_alive(embed.keep_alive))
+        if not inputs:
+            # Ollama's load request: nothing to embed, and no metrics.
+            reply_json(request, {"model": embed.model, "embeddings": []})
+            return
+        raw, prompt_tokens = await self.embed(request, resolved, inputs)
+        try:
+            vectors = [shape_vector(vector, embed.dimensions) for vector in raw]
+        except ValueError as exc:
+            raise BackendError(str(exc)) from None
+        total_ns = time.monotonic_ns() - started
+        reply_json(request, embed_reply(embed.model, vectors, total_ns=total_ns, prompt_tokens=prompt_tokens))
+
+
+class EmbeddingsResource(EmbeddingHandler):
+    async def on_post(self, request: Request) -> None:
+        legacy = structure(read_json(request), EmbeddingsRequest)
+        if not legacy.model:
+            raise BadRequest("model is required")
+        keep = _keep_alive(legacy.keep_alive)
+        try:
+            resolved = await self.app.catalog.resolve(legacy.model)
+            self.app.recent.touch(resolved, keep)
+            if not legacy.prompt:
+                reply_json(request, embeddings_reply([]))
+                return
+            (vector,), _ = await self.embed(request, resolved, [legacy.prompt])
+        except ModelNotFound:
+            # The legacy endpoint words it as Ollama's scheduler does.
+            raise NotFound(f'model "{legacy.model}" not found, try pulling it first') from None
+        reply_json(request, embeddings_reply(vector))

@@ -1,0 +1,227 @@
+"""The OpenAI API on the daemon's port: every ``/v1/*`` path, and the un-prefixed ``/chat/completions``,
+``/completions``, ``/embeddings``, ``/models`` and ``/responses`` some clients call, passed through to the
+same path under the backend base URL.
+
+Method, query and body go as they came (a model-map alias in the body's ``model`` becomes its backend id);
+the backend's status, headers and body come back through the same stream relay as ``/api/chat`` (so with
+its backpressure, stall and idle timeouts, and cancellation when the client leaves), byte for byte.  Only
+``/v1/models`` is rewritten (the aliases are added), and ``/v1/models/{alias}`` is answered here.  What the
+daemon itself answers with an error is in OpenAI's shape; the rules themselves live in
+``translate/openai.py``.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from twisted.web.iweb import IResponse
+from twisted.web.server import Request
+
+from ollama_proxy.app import App
+from ollama_proxy.backend import MAX_JSON_BODY
+from ollama_proxy.errors import (
+    BackendError,
+    BadRequest,
+    MethodNotAllowed,
+    ModelNotFound,
+    NotFound,
+    ProxyError,
+)
+from ollama_proxy.relay import StreamRelay
+from ollama_proxy.site import ProxySite
+from ollama_proxy.translate.openai import (
+    PassThrough,
+    alias_entry,
+    backend_target,
+    body_model,
+    error_body,
+    error_code,
+    find_alias,
+    is_event_stream,
+    mapped_name,
+    may_need_rewrite,
+    merge_model_list,
+    minimal_entry,
+    model_path,
+    request_headers,
+    response_headers,
+    with_model,
+)
+from ollama_proxy.translate.replies import compact_json
+from ollama_proxy.web import Handler, HandlerMethod, client_gone, finish, reply_json
+
+# The methods a pass-through forwards (anything else is not HTTP an OpenAI-compatible server speaks).
+METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+# Methods whose request carries a body even when it is empty (an empty one still gets Content-Length: 0).
+_BODY_METHODS = frozenset({"PATCH", "POST", "PUT"})
+
+
+def reply_openai_error(request: Request, error: ProxyError) -> None:
+    """What the daemon itself answers on ``/v1``: ``{"error": {"message", "type", "param", "code"}}``."""
+    if client_gone(request):
+        return
+    if request.startedWriting:
+        finish(request)  # the relay has already ended a stream it could not finish; nothing to add
+        return
+    if isinstance(error, MethodNotAllowed):
+        request.setHeader(b"allow", ", ".join(error.allowed).encode())
+    reply_json(request, error_body(error.message, error.status, error_code(error.status)), error.status)
+
+
+def _raw_body(request: Request) -> bytes:
+    content = request.content
+    if content is None:
+        return b""
+    content.seek(0)
+    data: bytes = content.read()
+    return data
+
+
+def _client_keys_in_use(request: Request) -> bool:
+    """With daemon client keys on, the client's ``Authorization`` is its credential for the daemon, which
+    must not travel on to the backend."""
+    site = getattr(request.channel, "site", None)  # the channel is None once the client has gone
+    return isinstance(site, ProxySite) and site.client_keys.enabled
+
+
+def _start_response(request: Request, response: IResponse) -> None:
+    """The backend's status and end-to-end headers on the client's response (nothing written yet)."""
+    request.setResponseCode(response.code, response.phrase)
+    request.defaultContentType = None  # only the backend's Content-Type
+    for name, values in response_headers(response.headers.getAllRawHeaders()).items():
+        if name == b"vary" and request.responseHeaders.hasHeader(name):
+            # The daemon's own (CORS: ``Vary: Origin``) and the backend's both hold.
+            values = [*(request.responseHeaders.getRawHeaders(name) or []), *values]
+        elif name.startswith(b"access-control-"):
+            continue  # CORS is the daemon's decision (site.py), not the backend's
+        request.responseHeaders.setRawHeaders(name, values)
+
+
+class OpenAIResource(Handler):
+    """Forwards whatever method and path it is given; mounted at ``/v1`` and at the un-prefixed paths."""
+
+    app: App
+    takes_subpath = True
+
+    def allowed_methods(self) -> tuple[str, ...]:
+        return METHODS
+
+    def _handler(self, method: str) -> HandlerMethod | None:
+        return self._forward if method in METHODS else None
+
+    async def _forward(self, request: Request) -> None:
+        try:
+            await self._dispatch(request)
+        except ProxyError as error:
+            reply_openai_error(request, error)
+
+    async def _dispatch(self, request: Request) -> None:
+        method = (request.method or b"").decode("ascii")
+        path, _, query = (request.uri or b"").partition(b"?")
+        try:
+            target = backend_target(path, query)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
+        is_list, model_id = model_path(target)
+        if method in ("GET", "HEAD") and model_id is not None:
+            alias = find_alias(model_id, self.app.catalog.model_map)
+            if alias is not None:
+                await self._alias_model(request, model_id, alias[0])
+                return
+        raw = _raw_body(request)
+        body = await self._rewrite_model(raw) if raw else None
+        if body is None and method in _BODY_METHODS:
+            body = b""
+        headers = request_headers(request.requestHeaders.getAllRawHeaders())
+        authorization = request.getHeader(b"authorization")
+        if authorization is not None and not _client_keys_in_use(request):
+            # Replaced by the configured key, if there is one (BackendClient); forwarded otherwise, so a
+            # daemon can front a backend that authenticates each user.
+            headers[b"authorization"] = [authorization]
+        backend = self.app.backend
+        request_id = getattr(request, "request_id", None)
+        async with backend.limit:
+            response = await backend.request(
+                method, target, body=body, request_id=request_id, headers=headers
+            )
+            if method == "GET" and is_list and response.code == 200:
+                await self._model_list(request, response)
+            elif response.code >= 400:
+                await self._relay_error(request, response)
+            else:
+                await self._relay(request, response)
+
+    async def _rewrite_model(self, body: bytes) -> bytes:
+        """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id."""
+        found = body_model(body)
+        catalog = self.app.catalog
+        if found is None or not may_need_rewrite(found[1], catalog.model_map):
+            return body
+        data, name = found
+        try:
+            backend_id = (await catalog.resolve(name)).backend_id
+        except ModelNotFound:
+            return body  # the backend answers its own 404
+        except BackendError:
+            # No model list to check against (a backend that authenticates each user, or one that is
+            # down): the model map alone still says where an alias points.
+            backend_id = mapped_name(name, catalog.model_map)
+        return body if backend_id == name else with_model(data, backend_id)
+
+    async def _relay(self, request: Request, response: IResponse) -> None:
+        _start_response(request, response)
+        content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
+        config = self.app.config
+        relay = StreamRelay(
+            request,
+            PassThrough(event_stream=is_event_stream(content_type.decode("latin-1"))),
+            self.app.reactor,
+            stall_timeout=config.stall_timeout,
+            idle_timeout=config.idle_timeout,
+            error_reply=reply_openai_error,
+        )
+        response.deliverBody(relay)
+        await relay.done
+
+    async def _relay_error(self, request: Request, response: IResponse) -> None:
+        """A backend error reply, status and body as they are, except for the configured key should the
+        backend echo it (some quote the key they rejected)."""
+        backend = self.app.backend
+        body = await backend.read_body(response, MAX_JSON_BODY)
+        scrubbed = backend.scrub(body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+        _start_response(request, response)
+        self._write_all(request, scrubbed)
+
+    async def _model_list(self, request: Request, response: IResponse) -> None:
+        """``/models``: the backend's list with the model-map aliases added as entries of their own."""
+        raw = await self.app.backend.read_body(response, MAX_JSON_BODY)
+        try:
+            data: Any = json.loads(raw)
+        except ValueError:
+            merged: Any = None
+        else:
+            merged = merge_model_list(data, self.app.catalog.model_map)
+        _start_response(request, response)
+        self._write_all(request, raw if merged is None or merged is data else compact_json(merged))
+
+    async def _alias_model(self, request: Request, requested: str, alias: str) -> None:
+        """``/models/{alias}``, answered here from the cached model list: the target's entry under the
+        alias, or OpenAI's 404 when the backend does not serve the target."""
+        catalog = self.app.catalog
+        try:
+            resolved = await catalog.resolve(alias)
+        except ModelNotFound:
+            raise NotFound(f"The model `{requested}` does not exist.") from None
+        entry = (await catalog.snapshot()).entries.get(resolved.backend_id) or minimal_entry(
+            resolved.backend_id, resolved.info.created or int(self.app.started_at), "ollama-proxy"
+        )
+        reply_json(request, alias_entry(alias, entry))
+
+    @staticmethod
+    def _write_all(request: Request, body: bytes) -> None:
+        if client_gone(request):
+            return
+        request.setHeader(b"content-length", b"%d" % len(body))
+        request.write(body)
+        request.finish()
