@@ -9,6 +9,7 @@ import attrs
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
 from ollama_proxy.config import ProxyConfig
+from ollama_proxy.metrics import Metrics
 from ollama_proxy.resilience import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
 
@@ -24,9 +25,11 @@ class App:
     catalog: ModelCatalog
     recent: RecentModels
     started_at: float  # wall clock at start-up: the modified_at of models whose backend gives no date
+    metrics: Metrics
 
     @classmethod
     def build(cls, config: ProxyConfig, reactor: Any) -> App:
+        metrics = Metrics()
         backend = BackendClient(
             reactor,
             config.backend,
@@ -39,8 +42,9 @@ class App:
                 reactor, threshold=config.breaker_threshold, cool_down=config.breaker_cooldown
             ),
             limit=ConcurrencyLimit(config.max_concurrent, config.max_queue),
+            observer=metrics,
         )
         catalog = ModelCatalog(
             backend, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
         )
-        return cls(config, reactor, backend, catalog, RecentModels(reactor), reactor.seconds())
+        return cls(config, reactor, backend, catalog, RecentModels(reactor), reactor.seconds(), metrics)

@@ -10,7 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import random
-from typing import Any
+from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
@@ -32,6 +32,7 @@ from twisted.web.iweb import IResponse
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
 from ollama_proxy.resilience import (
     RETRYABLE_STATUSES,
+    BackendCircuitOpen,
     CircuitBreaker,
     ConcurrencyLimit,
     RetryPolicy,
@@ -96,6 +97,27 @@ def error_message(body: bytes, status: int) -> str:
     return f"backend returned HTTP {status}"
 
 
+class BackendObserver(Protocol):
+    """Who hears about every backend exchange (the metrics)."""
+
+    def backend_response(self, status: int) -> None: ...
+
+    def backend_error(self, reason: str) -> None: ...
+
+    def backend_retry(self) -> None: ...
+
+
+class _Unobserved:
+    def backend_response(self, status: int) -> None:
+        """Nobody is listening."""
+
+    def backend_error(self, reason: str) -> None:
+        """Nobody is listening."""
+
+    def backend_retry(self) -> None:
+        """Nobody is listening."""
+
+
 class BackendClient:
     """Calls the backend under ``base_url`` (e.g. ``http://gpu1:8000/v1``) through one pool, with a
     response-headers timeout, retries before anything reaches the client, and a circuit breaker."""
@@ -113,6 +135,7 @@ class BackendClient:
         breaker: CircuitBreaker | None = None,
         limit: ConcurrencyLimit | None = None,
         rng: random.Random | None = None,
+        observer: BackendObserver | None = None,
     ) -> None:
         # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
         # they never stay in the URL, which appears in logs.
@@ -131,6 +154,7 @@ class BackendClient:
         self.breaker = breaker or CircuitBreaker(reactor, threshold=5, cool_down=15.0)
         self.limit = limit or ConcurrencyLimit(limit=64, queue=512)
         self._rng = rng or random.Random()  # noqa: S311 -- backoff jitter, not security
+        self.observer: BackendObserver = observer or _Unobserved()
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.
@@ -194,6 +218,7 @@ class BackendClient:
             if not isinstance(outcome, BackendError):
                 await self.read_body(outcome, MAX_ERROR_BODY)  # frees the pooled connection
             attempt += 1
+            self.observer.backend_retry()
             await deferLater(self._clock, delay)
 
     async def _attempt(
@@ -205,11 +230,16 @@ class BackendClient:
         headers: dict[bytes, list[bytes]] | None,
     ) -> IResponse | BackendError:
         """One attempt through the breaker: the response, or a failure worth retrying (others raise)."""
-        probe = self.breaker.before_request()
+        try:
+            probe = self.breaker.before_request()
+        except BackendCircuitOpen:
+            self.observer.backend_error("breaker_open")
+            raise
         try:
             response = await self._send(method, path, body, request_id, headers)
         except BackendError as error:
             self.breaker.failed()
+            self.observer.backend_error(error.reason)
             if isinstance(error, BackendUnreachable) and error.retryable:
                 return error
             raise
@@ -217,6 +247,7 @@ class BackendClient:
             if probe:
                 self.breaker.abandoned()
             raise
+        self.observer.backend_response(response.code)
         if response.code >= 500 and response.code != 501:
             self.breaker.failed()
         else:
@@ -324,16 +355,18 @@ def _connection_error(exc: BaseException) -> BackendError:
     if isinstance(first, (net_error.TimeoutError, net_error.ConnectingCancelledError)):
         return BackendTimeout("timed out connecting to the backend")
     if isinstance(first, net_error.ConnectionRefusedError):
-        return BackendUnreachable("cannot reach the backend: connection refused", retryable=True)
+        return BackendUnreachable(
+            "cannot reach the backend: connection refused", retryable=True, reason="refused"
+        )
     if isinstance(first, net_error.DNSLookupError):
-        return BackendUnreachable("cannot reach the backend: its host name does not resolve")
+        return BackendUnreachable("cannot reach the backend: its host name does not resolve", reason="dns")
     if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)) and not isinstance(
         exc, ResponseFailed
     ):
         # Reset before any response: nothing was generated for this request, so it is safe to resend.
-        return BackendUnreachable("the backend closed the connection", retryable=True)
+        return BackendUnreachable("the backend closed the connection", retryable=True, reason="reset")
     if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)):
-        return BackendUnreachable("the backend closed the connection")
+        return BackendUnreachable("the backend closed the connection", reason="reset")
     if isinstance(first, net_error.ConnectError):
         return BackendUnreachable(f"cannot reach the backend: {type(first).__name__}")
     return BackendUnreachable(f"backend request failed: {type(first).__name__}")

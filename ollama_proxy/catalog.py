@@ -98,6 +98,10 @@ class ModelCatalog:
         self.model_map = dict(model_map)
         self._aliases = {lookup_key(alias): target for alias, target in model_map.items()}
 
+    def knows(self, model_id: str) -> bool:
+        """Whether the backend listed this id in the last fetch (bounds the metrics' model label)."""
+        return self._snapshot is not None and model_id in self._snapshot.by_id
+
     def override_for(self, model_id: str) -> ModelOverride | None:
         """Config overrides for an id: exact entries win over glob patterns, later patterns over earlier."""
         found: ModelOverride | None = None

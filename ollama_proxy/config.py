@@ -65,6 +65,8 @@ class ProxyConfig:
     client_keys_file: str | None = None
     client_keys: frozenset[str] = attrs.field(default=frozenset(), repr=False)
     origins: tuple[str, ...] = ()
+    log_format: str = "text"
+    log_bodies: bool = False
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -117,6 +119,22 @@ def _byte_size(value: str) -> int:
     if not digits.isdigit() or unit not in _SIZE_UNITS or int(digits) < 1:
         raise ValueError(f"{value!r} must be a size such as 67108864, 64MiB or 100MB")
     return int(digits) * _SIZE_UNITS[unit]
+
+
+def _log_format(value: str) -> str:
+    if value.strip().lower() not in ("text", "json"):
+        raise ValueError(f"{value!r} is not one of text, json")
+    return value.strip().lower()
+
+
+def _switch(value: str) -> bool:
+    """A flag's value from the environment or TOML: 1/true/yes/on or 0/false/no/off."""
+    text = value.strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"{value!r} is not a yes/no value")
 
 
 def _origins(value: str) -> tuple[str, ...]:
@@ -201,6 +219,7 @@ class Setting:
     parse: Callable[[str], Any]
     help: str
     short: str | None = None
+    flag: bool = False  # a command-line switch without a value (``--log-bodies``)
 
     @property
     def env(self) -> str:
@@ -243,6 +262,13 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("drain-timeout", _positive_float, "Seconds in-flight requests get to finish on SIGTERM."),
     Setting("client-keys-file", str, "Bearer tokens clients must present, one per line (off when unset)."),
     Setting("origins", _origins, "Extra CORS origins, comma-separated (added to OLLAMA_ORIGINS)."),
+    Setting("log-format", _log_format, "text (twistd's lines) or json (one object per line)."),
+    Setting(
+        "log-bodies",
+        _switch,
+        "Log request bodies (debugging only: they may hold private prompts).",
+        flag=True,
+    ),
 )
 
 
@@ -354,6 +380,8 @@ def build_config(
     values: dict[str, Any] = {}
     for setting in SETTINGS:
         raw: Any = cli.get(setting.name)
+        if setting.flag and not raw:
+            raw = None  # a switch left off on the command line says nothing: the environment may set it
         source = f"--{setting.name}"
         if raw is None and setting.env in environ:
             raw, source = environ[setting.env], f"--{setting.name} (from {setting.env})"

@@ -49,9 +49,13 @@ class ManagedByBackend(ProxyError):
 
 
 class BackendError(ProxyError):
-    """The backend failed or could not be reached; 502 unless a subclass says otherwise."""
+    """The backend failed or could not be reached; 502 unless a subclass says otherwise.
+
+    ``reason`` is a short fixed word for metrics (``refused``, ``timeout``, ``reset`` ...).
+    """
 
     status = 502
+    reason = "error"
 
 
 class BackendUnreachable(BackendError):
@@ -59,13 +63,15 @@ class BackendUnreachable(BackendError):
 
     status = 502
 
-    def __init__(self, message: str, *, retryable: bool = False) -> None:
+    def __init__(self, message: str, *, retryable: bool = False, reason: str = "unreachable") -> None:
         super().__init__(message)
         self.retryable = retryable
+        self.reason = reason
 
 
 class BackendTimeout(BackendError):
     status = 504
+    reason = "timeout"
 
 
 class BackendRejected(BackendError):

@@ -62,12 +62,14 @@ class StreamRelay(TwistedProtocol):
         stall_timeout: float,
         idle_timeout: float,
         error_reply: Callable[[Request, ProxyError], None] = reply_error,
+        before_finish: Callable[[], None] | None = None,
     ) -> None:
         self._request = request
         self._transform = transform
         # How a failure before any output is answered: Ollama's error body, or OpenAI's on /v1.
         self._error_reply = error_reply
         self._clock = clock
+        self._before_finish = before_finish
         self._stall_timeout = stall_timeout
         self._idle_timeout = idle_timeout
         self._stall: IDelayedCall | None = None
@@ -99,10 +101,12 @@ class StreamRelay(TwistedProtocol):
         if out:
             self._write(out)
         if self._transform.failed:
+            self._request.stream_error = True  # type: ignore[attr-defined]
             self._abort(_QUIET)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
+        self._last_word()
         if not client_gone(self._request):
             if self._ending is None and reason.check(ResponseDone, PotentialDataLoss):
                 self._close(self._transform.end())
@@ -141,7 +145,14 @@ class StreamRelay(TwistedProtocol):
 
     def stopProducing(self) -> None:
         """The client connection went away: stop the backend's work now."""
+        self._last_word()  # before the request logs its end, which follows this call
         self._abort(_QUIET)
+
+    def _last_word(self) -> None:
+        """The handler's last word (token counts, timings) before the request ends and is logged; once."""
+        note, self._before_finish = self._before_finish, None
+        if note is not None:
+            note()
 
     # -- endings ---------------------------------------------------------------------------------------
 
@@ -173,6 +184,7 @@ class StreamRelay(TwistedProtocol):
             self._request.write(data)
 
     def _fail(self, error: ProxyError) -> None:
+        self._request.stream_error = True  # type: ignore[attr-defined]  # the access log's outcome
         if not self._request.startedWriting:
             # Nothing sent yet: a real status, as Ollama does before the stream starts.
             self._unregister()

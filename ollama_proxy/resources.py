@@ -6,12 +6,15 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from ollama_proxy.app import App
-from ollama_proxy.handlers import embed, generation, manage, meta, openai
+from ollama_proxy.handlers import embed, generation, health, manage, meta, openai
 from ollama_proxy.web import Directory
 
 
 def build_root(app: App) -> Resource:
     root = meta.RootResource()
+    root.putChild(b"health", health.HealthResource(app))
+    root.putChild(b"ready", health.ReadyResource(app))
+    root.putChild(b"metrics", health.MetricsResource(app))
     api = Directory()
     root.putChild(b"api", api)
     children: dict[bytes, Resource] = {

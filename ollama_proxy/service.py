@@ -5,10 +5,12 @@ from __future__ import annotations
 import signal
 from typing import Any
 
+from prometheus_client.core import Metric
 from twisted.application.service import MultiService, Service
 from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
+from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.web.server import Site
@@ -17,7 +19,9 @@ from ollama_proxy.access import ClientKeys, CorsPolicy
 from ollama_proxy.app import App
 from ollama_proxy.backend import redact_url
 from ollama_proxy.config import ProxyConfig, load_client_keys, load_model_map
-from ollama_proxy.errors import ConfigError, Overloaded
+from ollama_proxy.errors import BackendError, ConfigError, Overloaded
+from ollama_proxy.metrics import gauge
+from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
 from ollama_proxy.site import ProxySite
 from ollama_proxy.web import end_request
@@ -91,7 +95,16 @@ class ProxyService(MultiService):
             max_body=config.max_body,
             client_keys=ClientKeys(config.client_keys),
             cors=CorsPolicy(config.origins),
+            metrics=self.app.metrics,
+            known_model=self.app.catalog.knows,
+            log_bodies=config.log_bodies,
         )
+        self.app.metrics.add_live(self.site.live_gauges)
+        self.app.metrics.add_live(self._backend_gauges)
+        # Keeps the model list warm, so /api/tags and name lookups rarely wait for the backend.  The
+        # first refresh comes one interval after start; until then lookups fetch on demand.
+        self._refresh = LoopingCall(self._refresh_models)
+        self._refresh.clock = reactor
         self.listeners = [ListeningService(reactor, endpoint, self.site) for endpoint in config.listen]
         for listener in self.listeners:
             listener.setServiceParent(self)
@@ -105,6 +118,7 @@ class ProxyService(MultiService):
             dialect=self.config.dialect.value,
         )
         super().startService()
+        self._refresh.start(self.config.models_ttl, now=False)
         if self._handle_signals:
             # After reactor.run() has installed Twisted's own handlers, which these replace.
             self.reactor.callWhenRunning(self._install_signal_handlers)
@@ -145,7 +159,33 @@ class ProxyService(MultiService):
         self.app.catalog.set_model_map(model_map)
         log.info("model map reloaded from {path}: {count} aliases", path=path, count=len(model_map))
 
+    async def _refresh_models(self) -> None:
+        try:
+            await self.app.catalog.snapshot(max_age=0)
+        except (BackendError, Overloaded) as error:
+            log.warn("backend /models refresh failed: {why}", why=error.message)
+
+    def _backend_gauges(self) -> list[Metric]:
+        breaker = self.app.backend.breaker
+        states = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
+        return [
+            gauge(
+                "backend_breaker_state",
+                "Circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+                states[breaker.state],
+                {"backend": redact_url(self.config.backend)},
+            ),
+            gauge(
+                "backend_slots_in_use",
+                "Backend requests in flight (limited by max-concurrent).",
+                self.app.backend.limit.active,
+            ),
+            gauge("backend_queue", "Requests waiting for a backend slot.", self.app.backend.limit.waiting),
+        ]
+
     def stopService(self) -> Deferred[None]:
+        if self._refresh.running:
+            self._refresh.stop()
         for signum, handler in self._previous_handlers.items():
             signal.signal(signum, handler)
         self._previous_handlers.clear()

@@ -15,8 +15,10 @@ import re
 import time
 import uuid
 import weakref
+from collections.abc import Callable
 from typing import Any
 
+from prometheus_client.core import Metric
 from twisted.internet.defer import Deferred
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -25,6 +27,7 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.access import ALLOWED_HEADERS, ALLOWED_METHODS, ClientKeys, CorsPolicy
+from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
 from ollama_proxy.translate.replies import compact_json
 
 access_log = Logger(namespace="ollama_proxy.access")
@@ -46,6 +49,14 @@ class ProxyRequest(Request):
     # Set by the handler machinery, so a shutdown can end the request properly (web.py, relay.py).
     render_deferred: Deferred[None] | None = None
     relay: Any = None
+    # Set by handlers, for the access event and the metrics.
+    model_name: str | None = None
+    backend_model: str | None = None
+    first_token_seconds: float | None = None
+    decode_seconds: float | None = None
+    prompt_tokens: int | None = None
+    completion_tokens: int | None = None
+    stream_error = False
 
     _site: ProxySite | None = None
 
@@ -112,6 +123,12 @@ class ProxyRequest(Request):
         self.site = site  # what Request.process() sets first; the early answers below need it too
         if not self._cors(site.cors) or not self._authorized(site.client_keys):
             return
+        if site.log_bodies and self.content is not None:
+            # --log-bodies, for debugging: bodies may hold private prompts (keys are in headers).
+            self.content.seek(0)
+            body = self.content.read(4096).decode("utf-8", "replace")
+            self.content.seek(0)
+            access_log.debug("{request_id} request body: {body}", request_id=self.request_id, body=body)
         site.active.add(self)
         super().process()
 
@@ -156,7 +173,7 @@ class ProxyRequest(Request):
 
     def finish(self) -> None:
         super().finish()
-        self._log_access("completed")
+        self._log_access("stream_error" if self.stream_error else "completed")
 
     def connectionLost(self, reason: Failure) -> None:
         super().connectionLost(reason)
@@ -166,16 +183,27 @@ class ProxyRequest(Request):
         if self.outcome:  # finish() then connectionLost(): one event per request
             return
         self.outcome = outcome
-        if self._site is not None:
-            self._site.request_ended(self)
+        duration = time.monotonic() - self.started
+        method = (self.method or b"").decode("ascii", "replace")
+        path = (self.uri or b"").decode("utf-8", "replace").split("?", 1)[0]
+        site = self._site
+        if site is not None:
+            site.request_ended(self)
+            site.record(self, method, duration)
         access_log.info(
-            "{method} {path} {status} {duration_ms}ms {outcome}",
+            "{request_id} {client} {method} {path} {status} {duration_ms}ms {outcome}"
+            " model={model} ttft_ms={ttft_ms} tokens={prompt_tokens}/{completion_tokens}",
             request_id=self.request_id,
             client=_peer(self),
-            method=(self.method or b"").decode("ascii", "replace"),
-            path=(self.uri or b"").decode("utf-8", "replace").split("?", 1)[0],
+            method=method,
+            path=path,
             status=self.code,
-            duration_ms=round((time.monotonic() - self.started) * 1000, 1),
+            duration_ms=round(duration * 1000, 1),
+            ttft_ms=None if self.first_token_seconds is None else round(self.first_token_seconds * 1000, 1),
+            model=self.model_name,
+            backend_model=self.backend_model,
+            prompt_tokens=self.prompt_tokens,
+            completion_tokens=self.completion_tokens,
             bytes_out=self.sentLength,
             outcome=outcome,
         )
@@ -199,9 +227,15 @@ class ProxySite(Site):
         max_body: int,
         client_keys: ClientKeys | None = None,
         cors: CorsPolicy | None = None,
+        metrics: Metrics | None = None,
+        known_model: Callable[[str], bool] = lambda _: False,
+        log_bodies: bool = False,
     ) -> None:
         super().__init__(root)
         self.clock = clock
+        self.metrics = metrics or Metrics()
+        self._known_model = known_model
+        self.log_bodies = log_bodies
         self.max_body = max_body
         self.client_keys = client_keys or ClientKeys(())
         self.cors = cors or CorsPolicy(())
@@ -237,6 +271,30 @@ class ProxySite(Site):
             for waiter in waiters:
                 if not waiter.called:  # a cancelled wait (drain timeout) has already fired
                     waiter.callback(None)
+
+    def record(self, request: ProxyRequest, method: str, seconds: float) -> None:
+        """Metrics for a request that has ended."""
+        endpoint = endpoint_label(request.path or b"/")
+        self.metrics.request_ended(
+            endpoint, method, request.code, seconds, gone=request.outcome == "client_gone"
+        )
+        if request.backend_model is not None:
+            self.metrics.generation(
+                endpoint,
+                model_label(self._known_model, request.backend_model),
+                ttft=request.first_token_seconds,
+                prompt_tokens=request.prompt_tokens,
+                completion_tokens=request.completion_tokens,
+                decode_seconds=request.decode_seconds,
+            )
+
+    def live_gauges(self) -> list[Metric]:
+        """In-flight requests and open streams, counted when Prometheus asks."""
+        streams = sum(1 for request in self.active if request.relay is not None)
+        return [
+            gauge("requests_in_flight", "Requests being handled now.", len(self.active)),
+            gauge("open_streams", "Streaming responses being relayed now.", streams),
+        ]
 
     def idle(self) -> Deferred[None]:
         """Fires once no request is being handled."""

@@ -22,8 +22,9 @@ class Options(usage.Options):
     )
     optParameters = [  # noqa: RUF012 Twisted reads this class attribute
         ["config", "c", None, "TOML configuration file (see etc/ollama-proxy.toml)."],
-        *[[s.name, s.short, None, s.help] for s in SETTINGS],
+        *[[s.name, s.short, None, s.help] for s in SETTINGS if not s.flag],
     ]
+    optFlags = [[s.name, s.short, s.help] for s in SETTINGS if s.flag]  # noqa: RUF012 read by Twisted
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,6 +46,11 @@ class Options(usage.Options):
             print(f"ollamaproxy: {exc}", file=sys.stderr)  # noqa: T201 -- start-up error for the operator
             raise SystemExit(2) from None
         self.config = config
+        parent: Any = getattr(self, "parent", None)  # twistd's own options, when run by twistd
+        if config.log_format == "json" and parent is not None and not parent.get("logger"):
+            # twistd builds its log observer from its --logger after parsing options, so setting it
+            # here is what makes `twistd ollamaproxy --log-format json` print JSON lines from the start.
+            parent["logger"] = "ollama_proxy.logs.json_observer"
 
 
 def _check_endpoints(endpoints: tuple[str, ...]) -> None:

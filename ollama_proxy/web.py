@@ -100,6 +100,20 @@ def end_request(request: Request, error: ProxyError) -> None:
         running.cancel()
 
 
+def note_model(request: Request, resolved: Any) -> None:
+    """Record which model a request is for (client name and backend id), for the access log and metrics."""
+    request.model_name = resolved.name  # type: ignore[attr-defined]
+    request.backend_model = resolved.backend_id  # type: ignore[attr-defined]
+
+
+def note_usage(request: Request, prompt_tokens: Any, completion_tokens: Any) -> None:
+    """Record the backend's token counts for a request (ignoring anything that is not a count)."""
+    if isinstance(prompt_tokens, int):
+        request.prompt_tokens = prompt_tokens  # type: ignore[attr-defined]
+    if isinstance(completion_tokens, int):
+        request.completion_tokens = completion_tokens  # type: ignore[attr-defined]
+
+
 def read_json(request: Request) -> Any:
     """The request body as JSON, with Ollama's messages for an empty or malformed body."""
     content = request.content

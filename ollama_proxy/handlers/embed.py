@@ -27,7 +27,7 @@ from ollama_proxy.translate.embeddings import (
     shape_vector,
     sum_tokens,
 )
-from ollama_proxy.web import Handler, read_json, reply_json
+from ollama_proxy.web import Handler, note_model, note_usage, read_json, reply_json
 
 
 def _keep_alive(value: Any) -> float:
@@ -82,12 +82,14 @@ class EmbedResource(EmbeddingHandler):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         resolved = await self.app.catalog.resolve(embed.model)
+        note_model(request, resolved)
         self.app.recent.touch(resolved, _keep_alive(embed.keep_alive))
         if not inputs:
             # Ollama's load request: nothing to embed, and no metrics.
             reply_json(request, {"model": embed.model, "embeddings": []})
             return
         raw, prompt_tokens = await self.embed(request, resolved, inputs)
+        note_usage(request, prompt_tokens, None)
         try:
             vectors = [shape_vector(vector, embed.dimensions) for vector in raw]
         except ValueError as exc:
@@ -104,6 +106,7 @@ class EmbeddingsResource(EmbeddingHandler):
         keep = _keep_alive(legacy.keep_alive)
         try:
             resolved = await self.app.catalog.resolve(legacy.model)
+            note_model(request, resolved)
             self.app.recent.touch(resolved, keep)
             if not legacy.prompt:
                 reply_json(request, embeddings_reply([]))

@@ -29,7 +29,7 @@ from ollama_proxy.translate.replies import (
     ndjson_line,
 )
 from ollama_proxy.translate.timestamps import rfc3339_utc
-from ollama_proxy.web import NDJSON_TYPE, Handler, read_json, reply_json
+from ollama_proxy.web import NDJSON_TYPE, Handler, note_model, note_usage, read_json, reply_json
 
 Kind = Literal["chat", "generate"]
 
@@ -176,6 +176,7 @@ class GenerationHandler(Handler):
                     ended=now(),
                     split_think_tags=thinking,
                 )
+                note_usage(request, reply.get("prompt_eval_count"), reply.get("eval_count"))
                 reply_json(request, reply)
                 return
             try:
@@ -208,9 +209,20 @@ class GenerationHandler(Handler):
             self.app.reactor,
             stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
+            before_finish=lambda: _note_stream(request, translator, started),
         )
         response.deliverBody(relay)
         await relay.done
+
+
+def _note_stream(request: Request, translator: StreamTranslator, started: Instant) -> None:
+    """Time to first token, decode time and token counts of a finished stream, for logs and metrics."""
+    prompt_tokens, completion_tokens = translator.usage
+    note_usage(request, prompt_tokens, completion_tokens)
+    first = translator.first_token_at
+    if first is not None:
+        request.first_token_seconds = (first.mono_ns - started.mono_ns) / 1e9  # type: ignore[attr-defined]
+        request.decode_seconds = (time.monotonic_ns() - first.mono_ns) / 1e9  # type: ignore[attr-defined]
 
 
 def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
@@ -232,6 +244,7 @@ class ChatResource(GenerationHandler):
         if not chat.model:
             raise BadRequest("model is required")
         resolved = await self.app.catalog.resolve(chat.model)
+        note_model(request, resolved)
         keep = _keep_alive(chat.keep_alive)
         if not chat.messages:
             self.app.recent.touch(resolved, keep)
@@ -258,6 +271,7 @@ class GenerateResource(GenerationHandler):
             # Ollama's quirk: generate without a model is a 404, not a 400.
             raise ModelNotFound("")
         resolved = await self.app.catalog.resolve(generate.model)
+        note_model(request, resolved)
         keep = _keep_alive(generate.keep_alive)
         if not generate.prompt and not generate.images and not generate.suffix:
             self.app.recent.touch(resolved, keep)

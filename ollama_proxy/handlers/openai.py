@@ -130,7 +130,7 @@ class OpenAIResource(Handler):
                 await self._alias_model(request, model_id, alias[0])
                 return
         raw = _raw_body(request)
-        body = await self._rewrite_model(raw) if raw else None
+        body = await self._rewrite_model(request, raw) if raw else None
         if body is None and method in _BODY_METHODS:
             body = b""
         headers = request_headers(request.requestHeaders.getAllRawHeaders())
@@ -152,10 +152,12 @@ class OpenAIResource(Handler):
             else:
                 await self._relay(request, response)
 
-    async def _rewrite_model(self, body: bytes) -> bytes:
+    async def _rewrite_model(self, request: Request, body: bytes) -> bytes:
         """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id."""
         found = body_model(body)
         catalog = self.app.catalog
+        if found is not None:
+            request.model_name = request.backend_model = found[1]  # type: ignore[attr-defined]
         if found is None or not may_need_rewrite(found[1], catalog.model_map):
             return body
         data, name = found
@@ -167,6 +169,7 @@ class OpenAIResource(Handler):
             # No model list to check against (a backend that authenticates each user, or one that is
             # down): the model map alone still says where an alias points.
             backend_id = mapped_name(name, catalog.model_map)
+        request.backend_model = backend_id  # type: ignore[attr-defined]
         return body if backend_id == name else with_model(data, backend_id)
 
     async def _relay(self, request: Request, response: IResponse) -> None:

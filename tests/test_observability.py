@@ -1,0 +1,214 @@
+"""Request ids, the access event, Prometheus metrics and health/readiness, end to end."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import pytest_twisted
+from prometheus_client.parser import text_string_to_metric_families
+from treq.client import HTTPClient
+from twisted.internet.task import deferLater
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.web.http_headers import Headers
+from zope.interface import implementer
+
+from ollama_proxy.logs import event_as_json
+from ollama_proxy.metrics import endpoint_label
+from tests.conftest import RunningProxy, reactor, read_json, start_proxy
+from tests.fake_backend import ChatScript, FakeBackend
+from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
+from tests.test_daemon import Child, _env
+
+MODEL = "Qwen/Qwen2.5-7B-Instruct"
+
+
+@pytest.fixture
+def access_events() -> Iterator[list[LogEvent]]:
+    events: list[LogEvent] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == "ollama_proxy.access":
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    yield events
+    globalLogPublisher.removeObserver(observe)
+
+
+async def scrape(http: HTTPClient, url: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    response = await http.get(url + "/metrics")
+    assert response.code == 200
+    assert response.headers.getRawHeaders("content-type")[0].startswith("text/plain")
+    samples = {}
+    for family in text_string_to_metric_families(await response.text()):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_chat_moves_the_metrics(proxy: RunningProxy, http: HTTPClient) -> None:
+    body = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}]}
+    response = await http.post(proxy.url + "/api/chat", json=body)
+    await response.content()
+    samples = await scrape(http, proxy.url)
+    chat = (("endpoint", "/api/chat"), ("method", "POST"), ("status", "200"))
+    assert samples[("ollama_proxy_requests_total", chat)] == 1
+    model = (("model", MODEL),)
+    assert samples[("ollama_proxy_prompt_tokens_total", model)] == 12
+    assert samples[("ollama_proxy_completion_tokens_total", model)] == 3
+    ttft = (("endpoint", "/api/chat"), ("model", MODEL))
+    assert samples[("ollama_proxy_time_to_first_token_seconds_count", ttft)] == 1
+    assert samples[("ollama_proxy_tokens_per_second_count", model)] == 1
+    assert samples[("ollama_proxy_backend_requests_total", (("status", "200"),))] == 2  # /models and chat
+    assert samples[("process_resident_memory_bytes", ())] > 0
+    assert ("ollama_proxy_process_threads", ()) in samples
+    # The scrape itself is the one request in flight.
+    assert samples[("ollama_proxy_requests_in_flight", ())] == 1
+    assert samples[("ollama_proxy_open_streams", ())] == 0
+    breaker = (("backend", proxy.backend.base_url),)
+    assert samples[("ollama_proxy_backend_breaker_state", breaker)] == 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_unknown_models_fold_into_one_label(proxy: RunningProxy, http: HTTPClient) -> None:
+    await http.get(proxy.url + "/api/tags")
+    response = await http.post(
+        proxy.url + "/v1/chat/completions", json={"model": "made-up-123", "messages": []}
+    )
+    await response.content()
+    assert response.code == 404
+    text = await (await http.get(proxy.url + "/metrics")).text()
+    assert "made-up-123" not in text
+
+
+@pytest.mark.parametrize(
+    ("path", "label"),
+    [
+        (b"/api/chat", "/api/chat"),
+        (b"/api/chat/", "/api/chat"),
+        (b"/api/nope", "other"),
+        (b"/v1/models/a/b", "/v1/models"),
+        (b"/chat/completions?x=1", "/v1/chat/completions"),
+        (b"/v1/files", "/v1/other"),
+        (b"/", "/"),
+        (b"/random/" + b"x" * 100, "other"),
+    ],
+)
+def test_endpoint_labels_are_bounded(path: bytes, label: str) -> None:
+    assert endpoint_label(path) == label
+
+
+@pytest_twisted.ensureDeferred
+async def test_request_id_round_trip(
+    proxy: RunningProxy, http: HTTPClient, access_events: list[LogEvent]
+) -> None:
+    headers = Headers({"X-Request-ID": ["abc"]})
+    body = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+    response = await http.post(proxy.url + "/api/chat", json=body, headers=headers)
+    await response.content()
+    assert response.headers.getRawHeaders("x-request-id") == ["abc"]
+    chat_call = next(r for r in proxy.backend.requests if r.path.endswith("/chat/completions"))
+    assert chat_call.headers["x-request-id"] == "abc"
+    (event,) = [e for e in access_events if e["path"] == "/api/chat"]
+    assert event["request_id"] == "abc"
+    assert (event["model"], event["backend_model"]) == ("qwen", MODEL)
+    assert (event["prompt_tokens"], event["completion_tokens"], event["status"]) == (12, 3, 200)
+    assert event["outcome"] == "completed"
+    record = json.loads(event_as_json(event))
+    assert record["ns"] == "ollama_proxy.access"
+    assert record["request_id"] == "abc"
+    assert record["msg"].startswith("abc ")
+    # A request id that could forge log lines is replaced.
+    response = await http.get(proxy.url + "/api/version", headers=Headers({"X-Request-ID": ["a b\nc"]}))
+    assert re.fullmatch(r"[0-9a-f]{32}", response.headers.getRawHeaders("x-request-id")[0])
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_disconnected_stream_still_gets_its_access_event(
+    proxy: RunningProxy, access_events: list[LogEvent]
+) -> None:
+    proxy.backend.script = ChatScript(content=["tok "], endless=True, event_delay=0.005)
+    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    await client.first_data
+    assert client.transport is not None
+    client.transport.loseConnection()
+    await eventually(lambda: any(e["outcome"] == "client_gone" for e in access_events))
+    (event,) = [e for e in access_events if e["path"] == "/api/chat"]
+    assert event["status"] == 200
+    assert event["ttft_ms"] is not None
+    assert event["bytes_out"] > 0
+
+
+@pytest_twisted.ensureDeferred
+async def test_health_and_readiness_follow_the_backend(fake_backend: FakeBackend, http: HTTPClient) -> None:
+    running = await start_proxy(
+        fake_backend, fake_backend.base_url, api_key="sk-test-secret", models_ttl=0.2, breaker_threshold=2,
+        breaker_cooldown=0.5, retries=0,
+    )  # fmt: skip
+    try:
+        assert await read_json(await http.get(running.url + "/health")) == {"status": "ok"}
+        ready = await http.get(running.url + "/ready")
+        assert (ready.code, await read_json(ready)) == (200, {"status": "ready", "models": 2})
+        port = int(fake_backend.base_url.rsplit(":", 1)[1].split("/")[0])
+        await fake_backend.stop()
+        await deferLater(reactor(), 0.3, lambda: None)  # the cached list is now stale
+        ready = await http.get(running.url + "/ready")
+        body = await read_json(ready)
+        assert ready.code == 503
+        assert body["error"].startswith("backend /models failed: cannot reach the backend")
+        await http.get(running.url + "/ready")  # the second failure opens the breaker
+        ready = await http.get(running.url + "/ready")
+        assert ready.code == 503
+        assert (await read_json(ready))["error"].startswith("circuit breaker open")
+        assert (await http.get(running.url + "/health")).code == 200  # alive all the while
+        fake_backend.listen_sync(reactor(), port=port)
+        # Back on its own: after the breaker's cool-down a probe (a /ready or the background refresh)
+        # finds the backend and closes it.
+        answers: list[Any] = []
+        for _ in range(40):
+            await deferLater(reactor(), 0.1, lambda: None)
+            ready = await http.get(running.url + "/ready")
+            answers.append((ready.code, await read_json(ready)))
+            if ready.code == 200:
+                break
+        assert answers[-1] == (200, {"status": "ready", "models": 2}), answers
+    finally:
+        await running.service.stopService()
+
+
+def test_twistd_log_format_json_prints_one_object_per_line() -> None:
+    backend = Child([sys.executable, "-m", "tests.fake_backend", "--port", "0"], _env())
+    try:
+        backend_url = backend.wait_for(r"listening on (\S+)").group(1)
+        daemon = Child(
+            [sys.executable, "-m", "tests.twistd_measured", "-n", "--pidfile=", "ollamaproxy", "--backend",
+             backend_url, "--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json"],
+            _env(OPENAI_API_KEY="sk-json-secret"),
+        )  # fmt: skip
+        try:
+            match = daemon.wait_for(r'"msg":"ollama-proxy listening on (http://[^"]+)"')
+            import urllib.request
+
+            request = urllib.request.Request(  # noqa: S310 -- a loopback http URL read from the daemon
+                match.group(1) + "/api/version", headers={"X-Request-ID": "abc"}
+            )
+            with urllib.request.urlopen(request, timeout=10) as answer:  # noqa: S310
+                assert answer.headers["X-Request-ID"] == "abc"
+            line = daemon.wait_for(r'"ns":"ollama_proxy.access"')
+            record: dict[str, Any] = json.loads(line.string)
+            assert record["request_id"] == "abc"
+            assert (record["path"], record["status"], record["outcome"]) == ("/api/version", 200, "completed")
+        finally:
+            daemon.stop()
+        output = "".join(daemon.seen) + "".join(daemon.lines.queue)
+        assert all(json.loads(text) for text in output.splitlines() if text.strip())
+        assert "sk-json-secret" not in output
+    finally:
+        backend.stop()
