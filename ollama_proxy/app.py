@@ -8,7 +8,7 @@ import attrs
 
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
-from ollama_proxy.config import ProxyConfig
+from ollama_proxy.config import BackendConfig, ProxyConfig
 from ollama_proxy.metrics import Metrics
 from ollama_proxy.resilience import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
@@ -18,33 +18,45 @@ class App:
     """Passed to every resource instead of module globals, so tests build as many as they like."""
 
     config: ProxyConfig
-    reactor: (
-        Any  # IReactorTime + IReactorTCP; typed loosely because Twisted's reactor has no single interface
-    )
-    backend: BackendClient
+    # IReactorTime + IReactorTCP; typed loosely because Twisted's reactor has no single interface.
+    reactor: Any
+    backends: tuple[BackendClient, ...]
     catalog: ModelCatalog
     recent: RecentModels
     started_at: float  # wall clock at start-up: the modified_at of models whose backend gives no date
     metrics: Metrics
 
+    @property
+    def backend(self) -> BackendClient:
+        """The first backend: where requests naming no known model go (``/v1`` paths without a model)."""
+        return self.backends[0]
+
     @classmethod
     def build(cls, config: ProxyConfig, reactor: Any) -> App:
         metrics = Metrics()
-        backend = BackendClient(
-            reactor,
-            config.backend,
-            api_key=config.api_key,
-            pool_size=config.pool_size,
-            connect_timeout=config.connect_timeout,
-            headers_timeout=config.headers_timeout,
-            retry=RetryPolicy(retries=config.retries, budget=config.retry_budget),
-            breaker=CircuitBreaker(
-                reactor, threshold=config.breaker_threshold, cool_down=config.breaker_cooldown
-            ),
-            limit=ConcurrencyLimit(config.max_concurrent, config.max_queue),
-            observer=metrics,
-        )
+        backends = tuple(_client(spec, config, reactor, metrics) for spec in config.all_backends)
         catalog = ModelCatalog(
-            backend, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
+            backends, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
         )
-        return cls(config, reactor, backend, catalog, RecentModels(reactor), reactor.seconds(), metrics)
+        return cls(config, reactor, backends, catalog, RecentModels(reactor), reactor.seconds(), metrics)
+
+
+def _client(spec: BackendConfig, config: ProxyConfig, reactor: Any, metrics: Metrics) -> BackendClient:
+    """One backend's client: its own pool, breaker and concurrency limit."""
+    return BackendClient(
+        reactor,
+        spec.url,
+        api_key=spec.api_key,
+        pool_size=config.pool_size,
+        connect_timeout=config.connect_timeout,
+        headers_timeout=config.headers_timeout,
+        retry=RetryPolicy(retries=config.retries, budget=config.retry_budget),
+        breaker=CircuitBreaker(
+            reactor, threshold=config.breaker_threshold, cool_down=config.breaker_cooldown
+        ),
+        limit=ConcurrencyLimit(config.max_concurrent, config.max_queue),
+        observer=metrics,
+        name=spec.label,
+        dialect=spec.dialect,
+        serves=spec.serves,
+    )

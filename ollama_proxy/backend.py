@@ -10,6 +10,7 @@ from __future__ import annotations
 import base64
 import json
 import random
+from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
@@ -38,6 +39,7 @@ from ollama_proxy.resilience import (
     RetryPolicy,
     retry_after_seconds,
 )
+from ollama_proxy.translate.dialect import Dialect
 
 # Error bodies are read only this far: enough for any real message, bounded against a hostile backend.
 MAX_ERROR_BODY = 64 * 1024
@@ -136,6 +138,9 @@ class BackendClient:
         limit: ConcurrencyLimit | None = None,
         rng: random.Random | None = None,
         observer: BackendObserver | None = None,
+        name: str = "",
+        dialect: Dialect = Dialect.VLLM,
+        serves: Callable[[str], bool] | None = None,
     ) -> None:
         # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
         # they never stay in the URL, which appears in logs.
@@ -155,6 +160,10 @@ class BackendClient:
         self.limit = limit or ConcurrencyLimit(limit=64, queue=512)
         self._rng = rng or random.Random()  # noqa: S311 -- backoff jitter, not security
         self.observer: BackendObserver = observer or _Unobserved()
+        self.name = name or redact_url(base_url)
+        self.dialect = dialect
+        # Which of the backend's model ids it serves through this daemon (a configured filter).
+        self.serves: Callable[[str], bool] = serves or (lambda _: True)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.

@@ -13,16 +13,16 @@ from __future__ import annotations
 
 import fnmatch
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ollama_proxy.backend import BackendClient
-from ollama_proxy.errors import BackendError, ModelNotFound
+from ollama_proxy.errors import BackendError, ModelNotFound, Overloaded
 from ollama_proxy.translate.models import ModelInfo, ModelOverride, listed_name, lookup_key, model_info
 from ollama_proxy.translate.timestamps import parse_go_duration
 
@@ -41,52 +41,88 @@ class Resolved:
     """A client's model name, the backend model it stands for, and the backend client that serves it.
 
     Handlers call ``resolved.client``, never a global backend, so routing lives in one place (here).
+    ``replicas`` lists every backend serving the model, preferred first, for failover.
     """
 
     name: str  # as the client sent it (echoed in replies)
     info: ModelInfo
     client: BackendClient = attrs.field(eq=False, repr=False)
+    replicas: tuple[BackendClient, ...] = attrs.field(default=(), eq=False, repr=False)
 
     @property
     def backend_id(self) -> str:
         return self.info.id
 
+    def on(self, client: BackendClient) -> Resolved:
+        """The same model on another replica."""
+        return attrs.evolve(self, client=client)
+
 
 @attrs.frozen
 class Snapshot:
-    """One fetch of the backend's list, with lookup tables built once per fetch rather than per request."""
+    """The merged model list of every backend, with lookup tables built once per fetch, not per request."""
 
-    fetched_at: float
+    fetched_at: float  # the oldest of the backends' lists
     models: tuple[ModelInfo, ...]
     by_id: Mapping[str, ModelInfo]
     by_key: Mapping[str, ModelInfo]
-    # The backend's own entries by id, as it sent them (``/v1/models/{alias}`` answers with its target's).
+    # The backends' own entries by id, as sent (``/v1/models/{alias}`` answers with its target's).
     entries: Mapping[str, Mapping[str, Any]] = attrs.field(factory=dict)
+    # Which backends serve each id, in configuration order.
+    servers: Mapping[str, tuple[BackendClient, ...]] = attrs.field(factory=dict)
 
 
-def _snapshot(
-    fetched_at: float, models: tuple[ModelInfo, ...], entries: Mapping[str, Mapping[str, Any]]
-) -> Snapshot:
+@attrs.frozen
+class _Listing:
+    """One backend's last good answer to ``/models``."""
+
+    fetched_at: float
+    models: tuple[ModelInfo, ...]
+    entries: Mapping[str, Mapping[str, Any]]
+
+
+def _merge(listings: list[tuple[BackendClient, _Listing]]) -> Snapshot:
+    models: list[ModelInfo] = []
+    by_id: dict[str, ModelInfo] = {}
     by_key: dict[str, ModelInfo] = {}
-    for info in models:
-        by_key.setdefault(lookup_key(info.id), info)
-    return Snapshot(fetched_at, models, {m.id: m for m in models}, by_key, entries)
+    entries: dict[str, Mapping[str, Any]] = {}
+    servers: dict[str, tuple[BackendClient, ...]] = {}
+    for client, listing in listings:
+        for info in listing.models:
+            servers[info.id] = (*servers.get(info.id, ()), client)
+            if info.id in by_id:
+                continue  # the first backend's description of a shared model stands for all
+            models.append(info)
+            by_id[info.id] = info
+            by_key.setdefault(lookup_key(info.id), info)
+            entries[info.id] = listing.entries.get(info.id, {})
+    fetched_at = min((listing.fetched_at for _, listing in listings), default=0.0)
+    return Snapshot(fetched_at, tuple(models), by_id, by_key, entries, servers)
+
+
+def _preferred(replicas: tuple[BackendClient, ...]) -> tuple[BackendClient, ...]:
+    """Healthy backends first (breaker closed or due a probe), then the least busy."""
+    return tuple(
+        sorted(replicas, key=lambda client: (client.breaker.seconds_until_retry() > 0, client.limit.active))
+    )
 
 
 class ModelCatalog:
     def __init__(
         self,
-        backend: BackendClient,
+        backends: Sequence[BackendClient],
         clock: IReactorTime,
         *,
         model_map: Mapping[str, str],
         overrides: Mapping[str, ModelOverride],
         ttl: float,
     ) -> None:
-        self._backend = backend
+        self.backends = tuple(backends)
         self._clock = clock
         self._overrides = overrides
         self._ttl = ttl
+        self._listings: dict[BackendClient, _Listing] = {}
+        self.errors: dict[BackendClient, str] = {}  # each backend's last /models failure, for /ready
         self._snapshot: Snapshot | None = None
         self._pending: list[Deferred[Snapshot]] | None = None
         self.model_map: Mapping[str, str] = {}
@@ -98,8 +134,13 @@ class ModelCatalog:
         self.model_map = dict(model_map)
         self._aliases = {lookup_key(alias): target for alias, target in model_map.items()}
 
+    def model_count(self, client: BackendClient) -> int | None:
+        """How many models a backend listed in its last good answer (None: it never answered)."""
+        listing = self._listings.get(client)
+        return None if listing is None else len(listing.models)
+
     def knows(self, model_id: str) -> bool:
-        """Whether the backend listed this id in the last fetch (bounds the metrics' model label)."""
+        """Whether a backend listed this id in the last fetch (bounds the metrics' model label)."""
         return self._snapshot is not None and model_id in self._snapshot.by_id
 
     def override_for(self, model_id: str) -> ModelOverride | None:
@@ -114,7 +155,11 @@ class ModelCatalog:
         return found
 
     async def snapshot(self, *, max_age: float | None = None) -> Snapshot:
-        """The cached list if younger than ``max_age`` (default: the TTL), else a fresh fetch."""
+        """The cached lists if younger than ``max_age`` (default: the TTL), else fresh ones.
+
+        Backends are asked together; one that fails keeps its last good list (its models stay routable
+        while its breaker decides), and only when no backend has ever answered does the failure show.
+        """
         limit = self._ttl if max_age is None else max_age
         current = self._snapshot
         if current is not None and self._clock.seconds() - current.fetched_at < limit:
@@ -125,7 +170,7 @@ class ModelCatalog:
             return await waiter
         self._pending = []
         try:
-            fresh = await self._fetch()
+            fresh = await self._refresh(limit)
         except BaseException as exc:
             waiters, self._pending = self._pending, None
             for waiter in waiters:
@@ -137,22 +182,52 @@ class ModelCatalog:
             waiter.callback(fresh)
         return fresh
 
-    async def _fetch(self) -> Snapshot:
-        body = await self._backend.get_json("models")
+    async def _refresh(self, limit: float) -> Snapshot:
+        now = self._clock.seconds()
+        stale = [
+            client
+            for client in self.backends
+            if client not in self._listings or now - self._listings[client].fetched_at >= limit
+        ]
+        try:
+            outcomes = await gatherResults(
+                [ensureDeferred(self._fetch(client)) for client in stale], consumeErrors=True
+            )
+        except FirstError as error:  # only cancellation gets here: _fetch returns backend failures
+            error.subFailure.raiseException()
+        first_error: BaseException | None = None
+        for client, outcome in zip(stale, outcomes, strict=True):
+            if isinstance(outcome, _Listing):
+                self._listings[client] = outcome
+                self.errors.pop(client, None)
+            else:
+                self.errors[client] = getattr(outcome, "message", str(outcome))
+                first_error = first_error or outcome
+        answered = [(client, self._listings[client]) for client in self.backends if client in self._listings]
+        if not answered and first_error is not None:
+            raise first_error
+        return _merge(answered)
+
+    async def _fetch(self, client: BackendClient) -> _Listing | BaseException:
+        try:
+            body = await client.get_json("models")
+        except (BackendError, Overloaded) as error:
+            return error
         entries: Any = body.get("data") if isinstance(body, dict) else body
         if not isinstance(entries, list):
-            raise BackendError("backend /models reply has no model list")
+            return BackendError("backend /models reply has no model list")
         models = []
         raw: dict[str, Mapping[str, Any]] = {}
         for entry in entries:
             if isinstance(entry, dict):
                 entry_id = entry.get("id")
-                override = self.override_for(entry_id) if isinstance(entry_id, str) else None
-                info = model_info(entry, override)
+                if not isinstance(entry_id, str) or not client.serves(entry_id):
+                    continue
+                info = model_info(entry, self.override_for(entry_id))
                 if info is not None:
                     models.append(info)
                     raw.setdefault(info.id, entry)
-        return _snapshot(self._clock.seconds(), tuple(models), raw)
+        return _Listing(self._clock.seconds(), tuple(models), raw)
 
     def _find(self, snapshot: Snapshot, name: str) -> ModelInfo | None:
         key = lookup_key(name)
@@ -168,10 +243,12 @@ class ModelCatalog:
         snapshot = await self.snapshot()
         info = self._find(snapshot, name)
         if info is None and self._clock.seconds() - snapshot.fetched_at >= MISS_REFRESH_INTERVAL:
-            info = self._find(await self.snapshot(max_age=MISS_REFRESH_INTERVAL), name)
+            snapshot = await self.snapshot(max_age=MISS_REFRESH_INTERVAL)
+            info = self._find(snapshot, name)
         if info is None:
             raise ModelNotFound(name)
-        return Resolved(name, info, self._backend)
+        replicas = _preferred(snapshot.servers.get(info.id, self.backends[:1]))
+        return Resolved(name, info, replicas[0], replicas)
 
     async def listing(self) -> list[tuple[str, ModelInfo]]:
         """Every backend model under its listed name, then every alias that points at one."""

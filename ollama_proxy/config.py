@@ -8,6 +8,7 @@ starts with the option's name; ``tap.py`` prints it as one line.
 
 from __future__ import annotations
 
+import fnmatch
 import ipaddress
 import json
 import sys
@@ -36,8 +37,38 @@ DEFAULT_OLLAMA_VERSION = "0.13.5"
 
 
 @attrs.frozen
+class BackendConfig:
+    """One OpenAI-compatible server and which of its models it serves here."""
+
+    url: str
+    name: str = ""
+    api_key: str | None = attrs.field(default=None, repr=False)
+    dialect: Dialect = Dialect.VLLM
+    models: tuple[str, ...] = ()  # ids or glob patterns this backend serves (empty: all it lists)
+    prefix: str = ""  # or: only ids that start with this
+
+    @property
+    def label(self) -> str:
+        """How logs, metrics and /ready name it: its name, else its URL (credentials removed)."""
+        if self.name:
+            return self.name
+        parts = urlsplit(self.url)
+        host = parts.hostname or ""
+        return f"{parts.scheme}://{host}{f':{parts.port}' if parts.port else ''}{parts.path}"
+
+    def serves(self, model_id: str) -> bool:
+        if self.prefix and not model_id.startswith(self.prefix):
+            return False
+        return not self.models or any(fnmatch.fnmatchcase(model_id, pattern) for pattern in self.models)
+
+
+@attrs.frozen
 class ProxyConfig:
-    """Everything the daemon needs to start; never mutated (a model-map reload replaces only the map)."""
+    """Everything the daemon needs to start; never mutated (a model-map reload replaces only the map).
+
+    ``backend``, ``api_key`` and ``dialect`` describe the first (often only) backend; ``backends`` lists
+    them all when there are several.
+    """
 
     backend: str
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
@@ -67,6 +98,11 @@ class ProxyConfig:
     origins: tuple[str, ...] = ()
     log_format: str = "text"
     log_bodies: bool = False
+    backends: tuple[BackendConfig, ...] = ()
+
+    @property
+    def all_backends(self) -> tuple[BackendConfig, ...]:
+        return self.backends or (BackendConfig(url=self.backend, api_key=self.api_key, dialect=self.dialect),)
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -365,13 +401,21 @@ def build_config(
     environ: Mapping[str, str],
     config_path: str | None = None,
     listen: tuple[str, ...] = (),
+    backends: tuple[str, ...] = (),
 ) -> ProxyConfig:
     """Merge command line > environment > TOML file > defaults into a validated ProxyConfig.
 
-    ``cli`` holds option values as parsed (None when not given); ``listen`` the repeated ``--listen``.
+    ``cli`` holds option values as parsed (None when not given); ``listen`` and ``backends`` the
+    repeated ``--listen`` and ``--backend``.
     """
     config_path = config_path or environ.get("OLLAMA_PROXY_CONFIG") or None
     toml = _toml(config_path) if config_path else {}
+    from_env = environ.get("OLLAMA_PROXY_BACKEND", "").split()
+    if not backends and len(from_env) > 1:
+        backends = tuple(from_env)  # several URLs in the variable, separated by spaces
+    if len(backends) == 1:
+        cli = {**cli, "backend": backends[0]}
+    backend_tables = toml.pop("backend") if isinstance(toml.get("backend"), list) else []
     known_keys = {s.key for s in SETTINGS} | {"listen", "models"}
     unknown = set(toml) - known_keys
     if unknown:
@@ -394,7 +438,7 @@ def build_config(
         except ValueError as exc:
             raise ConfigError(f"{source}: {exc}") from None
 
-    if "backend" not in values:
+    if "backend" not in values and not backends and not backend_tables:
         raise ConfigError("--backend: required (or set OLLAMA_PROXY_BACKEND)")
     endpoints = _listen(listen, environ, toml)
     client_keys_file = values.get("client_keys_file")
@@ -404,15 +448,83 @@ def build_config(
     api_key_file = values.pop("api_key_file", None)
     api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
     model_map_path = values.pop("model_map", None)
+    dialect = values.pop("dialect", None)
+    several = (
+        _backends(backends, backend_tables, api_key, dialect, environ, config_path)
+        if (len(backends) > 1 or backend_tables)
+        else ()
+    )
+    if several:
+        values["backend"] = several[0].url
+        api_key, dialect = several[0].api_key, several[0].dialect
     return ProxyConfig(
         listen=endpoints,
         api_key=api_key,
-        dialect=values.pop("dialect", None) or guess_dialect(values["backend"]),
+        backends=several,
+        dialect=dialect or guess_dialect(values["backend"]),
         model_map_path=model_map_path,
         model_map=load_model_map(model_map_path) if model_map_path else {},
         models=_overrides(toml.get("models", {})),
         **values,
     )
+
+
+_BACKEND_KEYS = frozenset({"url", "name", "api_key_file", "api_key_env", "models", "prefix", "dialect"})
+
+
+def _backends(
+    urls: tuple[str, ...],
+    tables: list[Any],
+    api_key: str | None,
+    dialect: Dialect | None,
+    environ: Mapping[str, str],
+    config_path: str | None,
+) -> tuple[BackendConfig, ...]:
+    """Several backends: repeated ``--backend`` (sharing the key and dialect settings), else the TOML
+    file's ``[[backend]]`` tables, each with its own name, key, model filter and dialect."""
+    found: list[BackendConfig] = []
+    for url in urls:
+        try:
+            parsed = parse_backend_url(url)
+        except ValueError as exc:
+            raise ConfigError(f"--backend: {exc}") from None
+        found.append(BackendConfig(url=parsed, api_key=api_key, dialect=dialect or guess_dialect(parsed)))
+    if found:
+        return tuple(found)
+    for index, table in enumerate(tables):
+        where = f"--config: [[backend]] #{index + 1} in {config_path}"
+        if not isinstance(table, dict) or not isinstance(table.get("url"), str):
+            raise ConfigError(f"{where} needs a url")
+        unknown = set(table) - _BACKEND_KEYS
+        if unknown:
+            raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
+        try:
+            url = parse_backend_url(table["url"])
+            chosen = _dialect(table["dialect"]) if "dialect" in table else (dialect or guess_dialect(url))
+        except ValueError as exc:
+            raise ConfigError(f"{where}: {exc}") from None
+        key = api_key
+        if "api_key_file" in table:
+            key = _read_api_key(str(table["api_key_file"]))
+        elif "api_key_env" in table:
+            key = environ.get(str(table["api_key_env"])) or None
+        models = table.get("models", [])
+        if not isinstance(models, list) or not all(isinstance(m, str) for m in models):
+            raise ConfigError(f"{where} models must be a list of ids or glob patterns")
+        found.append(
+            BackendConfig(
+                url=url,
+                name=str(table.get("name", "")),
+                api_key=key,
+                dialect=chosen,
+                models=tuple(models),
+                prefix=str(table.get("prefix", "")),
+            )
+        )
+    names = [b.label for b in found]
+    if len(set(names)) != len(names):
+        raise ConfigError(f"--config: two [[backend]] tables share the name {names!r}")
+    return tuple(found)
 
 
 def _listen(cli: tuple[str, ...], environ: Mapping[str, str], toml: Mapping[str, Any]) -> tuple[str, ...]:

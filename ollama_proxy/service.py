@@ -17,7 +17,6 @@ from twisted.web.server import Site
 
 from ollama_proxy.access import ClientKeys, CorsPolicy
 from ollama_proxy.app import App
-from ollama_proxy.backend import redact_url
 from ollama_proxy.config import ProxyConfig, load_client_keys, load_model_map
 from ollama_proxy.errors import BackendError, ConfigError, Overloaded
 from ollama_proxy.metrics import gauge
@@ -112,11 +111,12 @@ class ProxyService(MultiService):
         self._previous_handlers: dict[int, Any] = {}
 
     def startService(self) -> None:
-        log.info(
-            "ollama-proxy serving backend {backend} (dialect {dialect})",
-            backend=redact_url(self.config.backend),
-            dialect=self.config.dialect.value,
-        )
+        for client in self.app.backends:
+            log.info(
+                "ollama-proxy serving backend {backend} (dialect {dialect})",
+                backend=client.base_url,
+                dialect=client.dialect.value,
+            )
         super().startService()
         self._refresh.start(self.config.models_ttl, now=False)
         if self._handle_signals:
@@ -166,22 +166,26 @@ class ProxyService(MultiService):
             log.warn("backend /models refresh failed: {why}", why=error.message)
 
     def _backend_gauges(self) -> list[Metric]:
-        breaker = self.app.backend.breaker
         states = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}
-        return [
-            gauge(
-                "backend_breaker_state",
-                "Circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
-                states[breaker.state],
-                {"backend": redact_url(self.config.backend)},
-            ),
-            gauge(
-                "backend_slots_in_use",
-                "Backend requests in flight (limited by max-concurrent).",
-                self.app.backend.limit.active,
-            ),
-            gauge("backend_queue", "Requests waiting for a backend slot.", self.app.backend.limit.waiting),
-        ]
+        gauges: list[Metric] = []
+        for client in self.app.backends:
+            labels = {"backend": client.name}
+            gauges += [
+                gauge(
+                    "backend_breaker_state",
+                    "Circuit breaker: 0 closed, 1 half-open (probing), 2 open.",
+                    states[client.breaker.state],
+                    labels,
+                ),
+                gauge(
+                    "backend_slots_in_use",
+                    "Backend requests in flight (max-concurrent).",
+                    client.limit.active,
+                    labels,
+                ),
+                gauge("backend_queue", "Requests waiting for a backend slot.", client.limit.waiting, labels),
+            ]
+        return gauges
 
     def stopService(self) -> Deferred[None]:
         if self._refresh.running:
@@ -194,7 +198,8 @@ class ProxyService(MultiService):
     async def _stop(self) -> None:
         await super().stopService()  # the listeners: no new connections from here on
         await self._drain()
-        await self.app.backend.close()
+        for client in self.app.backends:
+            await client.close()
 
     async def _drain(self) -> None:
         await self._finish_requests()

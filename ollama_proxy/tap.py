@@ -22,14 +22,21 @@ class Options(usage.Options):
     )
     optParameters = [  # noqa: RUF012 Twisted reads this class attribute
         ["config", "c", None, "TOML configuration file (see etc/ollama-proxy.toml)."],
-        *[[s.name, s.short, None, s.help] for s in SETTINGS if not s.flag],
+        *[[s.name, s.short, None, s.help] for s in SETTINGS if not s.flag and s.name != "backend"],
     ]
     optFlags = [[s.name, s.short, s.help] for s in SETTINGS if s.flag]  # noqa: RUF012 read by Twisted
 
     def __init__(self) -> None:
         super().__init__()
         self.listen: list[str] = []
+        self.backends: list[str] = []
         self.config: ProxyConfig | None = None
+
+    def opt_backend(self, url: str) -> None:
+        """Base URL of an OpenAI-compatible backend, e.g. http://gpu1:8000/v1; repeat it for several."""
+        self.backends.append(url)
+
+    opt_b = opt_backend
 
     def opt_listen(self, endpoint: str) -> None:
         """Endpoint to listen on, repeatable (default: OLLAMA_HOST, else tcp:11434:interface=127.0.0.1)."""
@@ -39,7 +46,7 @@ class Options(usage.Options):
 
     def postOptions(self) -> None:
         try:
-            config = build_config(self, os.environ, self["config"], tuple(self.listen))
+            config = build_config(self, os.environ, self["config"], tuple(self.listen), tuple(self.backends))
             _check_endpoints(config.listen)
         except ConfigError as exc:
             # One clear line and a non-zero exit, rather than twistd's full usage text or a traceback.

@@ -12,15 +12,24 @@ import time
 from collections.abc import Callable
 from typing import Any, Literal
 
+from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ollama_proxy.app import App
 from ollama_proxy.catalog import Resolved, keep_alive_seconds
-from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound
+from ollama_proxy.errors import (
+    BackendError,
+    BackendRejected,
+    BadRequest,
+    ModelNotFound,
+    Overloaded,
+    ProxyError,
+)
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
 from ollama_proxy.sse import SSEDecoder, SSEEvent
 from ollama_proxy.translate.chat import chat_to_openai, generate_to_openai
+from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import (
     Instant,
     StreamTranslator,
@@ -32,6 +41,8 @@ from ollama_proxy.translate.timestamps import rfc3339_utc
 from ollama_proxy.web import NDJSON_TYPE, Handler, note_model, note_usage, read_json, reply_json
 
 Kind = Literal["chat", "generate"]
+
+log = Logger(namespace="ollama_proxy.generation")
 
 # A backend stream event that is not JSON is skipped rather than ending the stream; this many in a row
 # means the backend is not speaking OpenAI SSE at all.
@@ -138,19 +149,34 @@ class GenerationHandler(Handler):
         resolved: Resolved,
         *,
         kind: Kind,
-        endpoint: str,
-        body: dict[str, Any],
+        translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
         stream: bool,
         thinking: bool,
     ) -> None:
         """Call the backend and answer: one JSON object, or the NDJSON relay of its SSE stream.
 
-        ``thinking`` (the client asked to think) also splits a leading ``<think>…</think>`` out of the
-        content, for backends that leave reasoning inline.
+        ``translate`` builds (endpoint, body) for a backend's dialect.  A replica that fails before
+        anything reached the client hands the request to the next one.  ``thinking`` (the client asked
+        to think) also splits a leading ``<think>…</think>`` out of the content.
         """
-        client = resolved.client
-        async with client.limit:
-            await self._exchange(request, resolved, kind, endpoint, body, stream, thinking)
+        replicas = resolved.replicas or (resolved.client,)
+        for index, client in enumerate(replicas):
+            endpoint, body = translate(client.dialect)
+            try:
+                async with client.limit:
+                    await self._exchange(request, resolved.on(client), kind, endpoint, body, stream, thinking)
+            except (BackendError, Overloaded) as error:
+                if request.startedWriting or index == len(replicas) - 1 or not _worth_another(error):
+                    raise
+                log.info(
+                    "{request_id} {backend} failed ({why}); trying {next}",
+                    request_id=getattr(request, "request_id", "-"),
+                    backend=client.name,
+                    why=error.message,
+                    next=replicas[index + 1].name,
+                )
+                continue
+            return
 
     async def _exchange(
         self,
@@ -234,6 +260,13 @@ def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
     )
 
 
+def _worth_another(error: ProxyError) -> bool:
+    """Failures that say the backend, not the request, is the problem."""
+    if isinstance(error, BackendRejected):
+        return error.backend_status >= 500 or error.backend_status == 429
+    return True
+
+
 def wants_thinking(think: bool | str | None) -> bool:
     return think is not None and think is not False
 
@@ -251,14 +284,16 @@ class ChatResource(GenerationHandler):
             reply_json(request, _load_reply(chat.model, "chat", keep))
             return
         _check_can_generate(resolved, "chat")
-        body = chat_to_openai(chat, resolved.backend_id, self.app.config.dialect)
+        chat_to_openai(chat, resolved.backend_id, resolved.client.dialect)  # a bad request fails here, once
         self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="chat",
-            endpoint="chat/completions",
-            body=body,
+            translate=lambda dialect: (
+                "chat/completions",
+                chat_to_openai(chat, resolved.backend_id, dialect),
+            ),
             stream=chat.stream,
             thinking=wants_thinking(chat.think),
         )
@@ -278,14 +313,13 @@ class GenerateResource(GenerationHandler):
             reply_json(request, _load_reply(generate.model, "generate", keep))
             return
         _check_can_generate(resolved, "generate")
-        endpoint, body = generate_to_openai(generate, resolved.backend_id, self.app.config.dialect)
+        generate_to_openai(generate, resolved.backend_id, resolved.client.dialect)  # a bad request fails here
         self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="generate",
-            endpoint=endpoint,
-            body=body,
+            translate=lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect),
             stream=generate.stream,
             thinking=wants_thinking(generate.think),
         )

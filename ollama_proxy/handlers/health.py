@@ -7,9 +7,12 @@ what a client would need: a closed circuit breaker and a backend that answered `
 
 from __future__ import annotations
 
+from contextlib import suppress
+
 from prometheus_client import CONTENT_TYPE_LATEST
 from twisted.web.server import Request
 
+from ollama_proxy.backend import BackendClient
 from ollama_proxy.errors import BackendError, Overloaded
 from ollama_proxy.resilience import BreakerState
 from ollama_proxy.web import Handler, reply_json
@@ -21,22 +24,37 @@ class HealthResource(Handler):
 
 
 class ReadyResource(Handler):
+    """Ready while at least one backend is: its breaker closed (or due a probe) and its ``/models``
+    answered within ``models_ttl``.  The body reports every backend, so a degraded replica shows."""
+
     async def on_get(self, request: Request) -> None:
-        breaker = self.app.backend.breaker
-        wait = breaker.seconds_until_retry()
-        if wait > 0:
-            reason = f"circuit breaker {breaker.state.value}: next try in {wait:.1f} s"
-            reply_json(request, {"status": "not ready", "error": reason}, 503)
-            return
-        try:
+        catalog = self.app.catalog
+        due = [client for client in self.app.backends if client.breaker.seconds_until_retry() == 0]
+        if due:
             # After a cool-down this fetch is the breaker's probe: its answer decides readiness.
-            fresh = breaker.state is not BreakerState.CLOSED
-            snapshot = await self.app.catalog.snapshot(max_age=0 if fresh else None)
-        except (BackendError, Overloaded) as error:
-            reason = f"backend /models failed: {error.message}"
-            reply_json(request, {"status": "not ready", "error": reason}, 503)
-            return
-        reply_json(request, {"status": "ready", "models": len(snapshot.models)})
+            fresh = any(client.breaker.state is not BreakerState.CLOSED for client in due)
+            with suppress(BackendError, Overloaded):  # each backend's failure is kept in catalog.errors
+                await catalog.snapshot(max_age=0 if fresh else None)
+        backends = {
+            client.name: _backend_status(client, catalog.errors.get(client), catalog.model_count(client))
+            for client in self.app.backends
+        }
+        ready = [name for name, status in backends.items() if status["status"] == "ready"]
+        body: dict[str, object] = {"status": "ready" if ready else "not ready", "backends": backends}
+        if len(self.app.backends) == 1:
+            (only,) = backends.values()
+            body = {"status": only["status"], **{k: v for k, v in only.items() if k != "status"}}
+        reply_json(request, body, 200 if ready else 503)
+
+
+def _backend_status(client: BackendClient, error: str | None, models: int | None) -> dict[str, object]:
+    wait = client.breaker.seconds_until_retry()
+    if wait > 0:
+        reason = f"circuit breaker {client.breaker.state.value}: next try in {wait:.1f} s"
+        return {"status": "not ready", "error": reason}
+    if error is not None or models is None:
+        return {"status": "not ready", "error": f"backend /models failed: {error}"}
+    return {"status": "ready", "models": models}
 
 
 class MetricsResource(Handler):

@@ -19,13 +19,14 @@ from twisted.web.iweb import IResponse
 from twisted.web.server import Request
 
 from ollama_proxy.app import App
-from ollama_proxy.backend import MAX_JSON_BODY
+from ollama_proxy.backend import MAX_JSON_BODY, BackendClient
 from ollama_proxy.errors import (
     BackendError,
     BadRequest,
     MethodNotAllowed,
     ModelNotFound,
     NotFound,
+    Overloaded,
     ProxyError,
 )
 from ollama_proxy.relay import StreamRelay
@@ -129,8 +130,12 @@ class OpenAIResource(Handler):
             if alias is not None:
                 await self._alias_model(request, model_id, alias[0])
                 return
+        if method == "GET" and is_list and len(self.app.backends) > 1:
+            await self._merged_model_list(request)
+            return
         raw = _raw_body(request)
-        body = await self._rewrite_model(request, raw) if raw else None
+        backend = self.app.backend
+        body, backend = await self._rewrite_model(request, raw) if raw else (None, backend)
         if body is None and method in _BODY_METHODS:
             body = b""
         headers = request_headers(request.requestHeaders.getAllRawHeaders())
@@ -139,7 +144,6 @@ class OpenAIResource(Handler):
             # Replaced by the configured key, if there is one (BackendClient); forwarded otherwise, so a
             # daemon can front a backend that authenticates each user.
             headers[b"authorization"] = [authorization]
-        backend = self.app.backend
         request_id = getattr(request, "request_id", None)
         async with backend.limit:
             response = await backend.request(
@@ -152,25 +156,36 @@ class OpenAIResource(Handler):
             else:
                 await self._relay(request, response)
 
-    async def _rewrite_model(self, request: Request, body: bytes) -> bytes:
-        """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id."""
+    async def _rewrite_model(self, request: Request, body: bytes) -> tuple[bytes, BackendClient]:
+        """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id, and the
+        backend that serves that model (with one backend, the catalog is consulted only for aliases)."""
         found = body_model(body)
         catalog = self.app.catalog
+        backend = self.app.backend
         if found is not None:
             request.model_name = request.backend_model = found[1]  # type: ignore[attr-defined]
-        if found is None or not may_need_rewrite(found[1], catalog.model_map):
-            return body
+        routed = len(self.app.backends) > 1
+        if found is None or not (routed or may_need_rewrite(found[1], catalog.model_map)):
+            return body, backend
         data, name = found
         try:
-            backend_id = (await catalog.resolve(name)).backend_id
+            resolved = await catalog.resolve(name)
         except ModelNotFound:
-            return body  # the backend answers its own 404
-        except BackendError:
+            return body, backend  # the backend answers its own 404
+        except (BackendError, Overloaded):
             # No model list to check against (a backend that authenticates each user, or one that is
             # down): the model map alone still says where an alias points.
             backend_id = mapped_name(name, catalog.model_map)
+        else:
+            backend_id, backend = resolved.backend_id, resolved.client
         request.backend_model = backend_id  # type: ignore[attr-defined]
-        return body if backend_id == name else with_model(data, backend_id)
+        return (body if backend_id == name else with_model(data, backend_id)), backend
+
+    async def _merged_model_list(self, request: Request) -> None:
+        """``/models`` with several backends: every backend's entries (from the catalog) and the aliases."""
+        snapshot = await self.app.catalog.snapshot()
+        listing = {"object": "list", "data": [dict(snapshot.entries[info.id]) for info in snapshot.models]}
+        reply_json(request, merge_model_list(listing, self.app.catalog.model_map))
 
     async def _relay(self, request: Request, response: IResponse) -> None:
         _start_response(request, response)
@@ -190,9 +205,11 @@ class OpenAIResource(Handler):
     async def _relay_error(self, request: Request, response: IResponse) -> None:
         """A backend error reply, status and body as they are, except for the configured key should the
         backend echo it (some quote the key they rejected)."""
-        backend = self.app.backend
-        body = await backend.read_body(response, MAX_JSON_BODY)
-        scrubbed = backend.scrub(body.decode("utf-8", "surrogateescape")).encode("utf-8", "surrogateescape")
+        body = await self.app.backend.read_body(response, MAX_JSON_BODY)
+        text = body.decode("utf-8", "surrogateescape")
+        for backend in self.app.backends:
+            text = backend.scrub(text)
+        scrubbed = text.encode("utf-8", "surrogateescape")
         _start_response(request, response)
         self._write_all(request, scrubbed)
 
