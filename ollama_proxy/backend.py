@@ -15,6 +15,7 @@ from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
 import treq
+from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
@@ -43,6 +44,8 @@ from ollama_proxy.translate.dialect import Dialect
 
 # Error bodies are read only this far: enough for any real message, bounded against a hostile backend.
 MAX_ERROR_BODY = 64 * 1024
+# Parsed backend URLs kept, one per path.
+MAX_CACHED_URLS = 256
 # JSON replies (model lists, non-stream completions) are bounded too.
 MAX_JSON_BODY = 64 * 1024 * 1024
 
@@ -170,9 +173,16 @@ class BackendClient:
         self.pool.cachedConnectionTimeout = 4
         agent = Agent(reactor, pool=self.pool, connectTimeout=connect_timeout)
         self.http = HTTPClient(agent)
+        self._urls: dict[str, EncodedURL] = {}
 
-    def url(self, path: str) -> str:
-        return f"{self.base_url}/{path.lstrip('/')}"
+    def url(self, path: str) -> EncodedURL:
+        """The backend URL for ``path``, parsed once per path (parsing showed up in the profile)."""
+        found = self._urls.get(path)
+        if found is None:
+            found = EncodedURL.from_text(f"{self.base_url}/{path.lstrip('/')}")
+            if len(self._urls) < MAX_CACHED_URLS:  # pass-through paths are the client's to choose
+                self._urls[path] = found
+        return found
 
     def _headers(self, request_id: str | None, extra: dict[bytes, list[bytes]] | None) -> Headers:
         headers = Headers({b"accept": [b"application/json"]})
@@ -276,7 +286,12 @@ class BackendClient:
         if body is not None and not all_headers.hasHeader(b"content-type"):
             all_headers.setRawHeaders(b"content-type", [b"application/json"])
         sending: Deferred[Any] = self.http.request(
-            method, self.url(path), data=body, headers=all_headers, unbuffered=True
+            method,
+            self.url(path),
+            data=body,
+            headers=all_headers,
+            unbuffered=True,
+            allow_redirects=False,  # a backend redirect is not followed with the key attached
         )
         expired: list[bool] = []
 
