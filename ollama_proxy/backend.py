@@ -210,6 +210,7 @@ class BackendClient:
         body: bytes | None = None,
         request_id: str | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
+        retry: bool = True,
     ) -> IResponse:
         """Send a request and return the response as soon as its headers arrive (body unread, unbuffered).
 
@@ -230,7 +231,7 @@ class BackendClient:
                 retry_after = outcome.headers.getRawHeaders(b"retry-after", [None])[0]
                 found = retry_after_seconds(retry_after, self._clock.seconds())
                 delay = self.retry.backoff(attempt, self._rng) if found is None else found
-            if attempt >= self.retry.retries or self._clock.seconds() + delay > deadline:
+            if not retry or attempt >= self.retry.retries or self._clock.seconds() + delay > deadline:
                 if isinstance(outcome, BackendError):
                     raise outcome
                 return outcome
@@ -349,9 +350,11 @@ class BackendClient:
         response = await self.request("GET", path, request_id=request_id)
         return await self.json_body(response)
 
-    async def post_json(self, path: str, payload: Any, *, request_id: str | None = None) -> Any:
+    async def post_json(
+        self, path: str, payload: Any, *, request_id: str | None = None, retry: bool = True
+    ) -> Any:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        response = await self.request("POST", path, body=body, request_id=request_id)
+        response = await self.request("POST", path, body=body, request_id=request_id, retry=retry)
         return await self.json_body(response)
 
     async def json_body(self, response: IResponse) -> Any:

@@ -16,6 +16,7 @@ from twisted.web.server import Request
 from ollama_proxy.app import App
 from ollama_proxy.catalog import Resolved, keep_alive_seconds
 from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound, NotFound
+from ollama_proxy.failover import on_replicas
 from ollama_proxy.schemas import EmbeddingsRequest, EmbedRequest, structure
 from ollama_proxy.translate.embeddings import (
     batches,
@@ -46,6 +47,15 @@ class EmbeddingHandler(Handler):
         self, request: Request, resolved: Resolved, inputs: Sequence[str]
     ) -> tuple[list[list[float]], int | None]:
         """The backend's raw vectors for ``inputs``, in order, and the prompt tokens it reported."""
+
+        async def attempt(target: Resolved, last: bool) -> tuple[list[list[float]], int | None]:
+            return await self._embed_on(request, target, inputs, retry=last)
+
+        return await on_replicas(request, resolved, attempt)
+
+    async def _embed_on(
+        self, request: Request, resolved: Resolved, inputs: Sequence[str], *, retry: bool
+    ) -> tuple[list[list[float]], int | None]:
         client = resolved.client
         request_id = getattr(request, "request_id", None)
         vectors: list[list[float]] = []
@@ -54,7 +64,7 @@ class EmbeddingHandler(Handler):
             body = embeddings_request(resolved.backend_id, batch)
             try:
                 async with client.limit:
-                    data = await client.post_json("embeddings", body, request_id=request_id)
+                    data = await client.post_json("embeddings", body, request_id=request_id, retry=retry)
             except BackendRejected as error:
                 if error.backend_status != 404:
                     raise

@@ -22,9 +22,8 @@ from ollama_proxy.errors import (
     BackendRejected,
     BadRequest,
     ModelNotFound,
-    Overloaded,
-    ProxyError,
 )
+from ollama_proxy.failover import on_replicas
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
 from ollama_proxy.sse import SSEDecoder, SSEEvent
@@ -159,24 +158,13 @@ class GenerationHandler(Handler):
         anything reached the client hands the request to the next one.  ``thinking`` (the client asked
         to think) also splits a leading ``<think>…</think>`` out of the content.
         """
-        replicas = resolved.replicas or (resolved.client,)
-        for index, client in enumerate(replicas):
-            endpoint, body = translate(client.dialect)
-            try:
-                async with client.limit:
-                    await self._exchange(request, resolved.on(client), kind, endpoint, body, stream, thinking)
-            except (BackendError, Overloaded) as error:
-                if request.startedWriting or index == len(replicas) - 1 or not _worth_another(error):
-                    raise
-                log.info(
-                    "{request_id} {backend} failed ({why}); trying {next}",
-                    request_id=getattr(request, "request_id", "-"),
-                    backend=client.name,
-                    why=error.message,
-                    next=replicas[index + 1].name,
-                )
-                continue
-            return
+
+        async def attempt(target: Resolved, last: bool) -> None:
+            endpoint, body = translate(target.client.dialect)
+            async with target.client.limit:
+                await self._exchange(request, target, kind, endpoint, body, stream, thinking, retry=last)
+
+        await on_replicas(request, resolved, attempt)
 
     async def _exchange(
         self,
@@ -187,13 +175,15 @@ class GenerationHandler(Handler):
         body: dict[str, Any],
         stream: bool,
         thinking: bool,
+        *,
+        retry: bool = True,
     ) -> None:
         client = resolved.client
         request_id = getattr(request, "request_id", None)
         started = now()
         try:
             if not stream:
-                data = await client.post_json(endpoint, body, request_id=request_id)
+                data = await client.post_json(endpoint, body, request_id=request_id, retry=retry)
                 reply = completion_to_reply(
                     data,
                     model=resolved.name,
@@ -207,7 +197,7 @@ class GenerationHandler(Handler):
                 return
             try:
                 response = await client.request(
-                    "POST", endpoint, body=compact_json(body), request_id=request_id
+                    "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
                 )
                 await client.raise_for_status(response)
             except BackendRejected as error:
@@ -258,13 +248,6 @@ def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
         and error.backend_status in (400, 422)
         and ("stream_options" in message or "include_usage" in message)
     )
-
-
-def _worth_another(error: ProxyError) -> bool:
-    """Failures that say the backend, not the request, is the problem."""
-    if isinstance(error, BackendRejected):
-        return error.backend_status >= 500 or error.backend_status == 429
-    return True
 
 
 def wants_thinking(think: bool | str | None) -> bool:
