@@ -98,6 +98,7 @@ class ProxyConfig:
     origins: tuple[str, ...] = ()
     log_format: str = "text"
     log_bodies: bool = False
+    workers: int = 1
     backends: tuple[BackendConfig, ...] = ()
 
     @property
@@ -296,6 +297,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-concurrent", _positive_int, "Backend requests in flight at once."),
     Setting("max-queue", _non_negative_int, "Requests that may wait for a backend slot (503 beyond)."),
     Setting("drain-timeout", _positive_float, "Seconds in-flight requests get to finish on SIGTERM."),
+    Setting("workers", _positive_int, "Processes serving the listening sockets (1: this one alone).", "w"),
     Setting("client-keys-file", str, "Bearer tokens clients must present, one per line (off when unset)."),
     Setting("origins", _origins, "Extra CORS origins, comma-separated (added to OLLAMA_ORIGINS)."),
     Setting("log-format", _log_format, "text (twistd's lines) or json (one object per line)."),

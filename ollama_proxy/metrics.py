@@ -133,6 +133,8 @@ class Metrics:
         ProcessCollector(namespace="", registry=registry)
         self._live: list[Callable[[], Iterable[Metric]]] = [_process_extras]
         registry.register(_LiveGauges(self._collect_live))
+        # With --workers: the whole daemon's exposition, read from every worker (shared_metrics.py).
+        self.shared: Callable[[], bytes] | None = None
 
     def add_live(self, read: Callable[[], Iterable[Metric]]) -> None:
         """Register a scrape-time reader (in-flight requests, breaker state ...)."""
@@ -143,6 +145,8 @@ class Metrics:
             yield from read()
 
     def exposition(self) -> bytes:
+        if self.shared is not None:
+            return self.shared()
         return generate_latest(self.registry)
 
     # -- what handlers and the site report -------------------------------------------------------------

@@ -8,8 +8,10 @@ from typing import Any
 
 from twisted.python import usage
 
+from ollama_proxy import listen_fds  # noqa: F401 -- first: names unnamed systemd sockets (see there)
 from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
+from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.service import ProxyService
 
 
@@ -44,10 +46,18 @@ class Options(usage.Options):
 
     opt_l = opt_listen
 
+    def parseOptions(self, options: list[str] | None = None) -> None:  # noqa: N802 -- Twisted's name
+        self.argv = list(sys.argv[1:] if options is None else options)  # what --workers hands its workers
+        super().parseOptions(options)
+
     def postOptions(self) -> None:
         try:
             config = build_config(self, os.environ, self["config"], tuple(self.listen), tuple(self.backends))
             _check_endpoints(config.listen)
+            if config.workers > 1:
+                from ollama_proxy.workers import check_shareable
+
+                check_shareable(config.listen)
         except ConfigError as exc:
             # One clear line and a non-zero exit, rather than twistd's full usage text or a traceback.
             print(f"ollamaproxy: {exc}", file=sys.stderr)  # noqa: T201 -- start-up error for the operator
@@ -71,10 +81,18 @@ def _check_endpoints(endpoints: tuple[str, ...]) -> None:
             raise ConfigError(f"--listen: {description!r} is not a valid endpoint: {exc}") from None
 
 
-def makeService(options: Options, reactor: Any = None) -> ProxyService:
+def makeService(options: Options, reactor: Any = None) -> Any:
+    """The daemon (a ``ProxyService`` that tells systemd when it is ready), or with ``--workers`` N > 1 the
+    ``Supervisor`` of N such daemons (``workers.py``)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
-    return ProxyService(options.config, reactor, handle_signals=True)
+    if options.config.workers > 1:
+        from ollama_proxy.workers import Supervisor
+
+        return Supervisor(options.config, reactor, options.argv, handle_signals=True)
+    service = ProxyService(options.config, reactor, handle_signals=True)
+    attach_notifier(service, reactor)
+    return service
