@@ -6,6 +6,7 @@ from __future__ import annotations
 import http.client
 import json
 import signal
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -21,12 +22,12 @@ MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
 
 def _backend(*extra: str) -> Child:
-    return Child(["python", "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0", *extra], _env())
+    return Child(
+        [sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0", *extra], _env()
+    )
 
 
 def _daemon(backend_url: str, *extra: str, **env: str) -> tuple[Child, str]:
-    import sys
-
     child = Child(
         [
             sys.executable,
