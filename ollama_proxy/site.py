@@ -41,9 +41,6 @@ LINGER_SECONDS = 10.0
 
 
 class ProxyRequest(Request):
-    # Nothing here takes HTML form posts; skipping their parsing saves an email.message header parse
-    # on every POST (a tenth of the daemon's CPU on /api/chat in the profile).
-    _parsePOSTFormSubmission = False
     request_id: str = "-"
     started: float = 0.0
     outcome: str = ""
@@ -235,6 +232,9 @@ class ProxySite(Site):
         log_bodies: bool = False,
     ) -> None:
         super().__init__(root)
+        # Nothing here takes HTML form posts; not parsing them saves an email.message header parse on
+        # every POST (a tenth of the daemon's CPU on /api/chat in the profile).  Requests copy this flag.
+        self._parsePOSTFormSubmission = False
         self.clock = clock
         self.metrics = metrics or Metrics()
         self._known_model = known_model
