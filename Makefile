@@ -69,7 +69,7 @@ clean:
 
 # `make bench`: the daemon against the backend's own speed (bench/run.py; docs/performance.md has the
 # results).  Installs nginx and wrk with apt-get where missing; takes about 7 minutes on 2 cores.
-# BENCH_ARGS passes options: --quick (a one-minute smoke run), --profile (py-spy), --help for the rest.
+# BENCH_ARGS passes options: --quick (a one-minute smoke run), --no-profile, --help for the rest.
 BENCH_ARGS ?=
 .PHONY: bench
 

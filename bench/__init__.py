@@ -1,0 +1,1 @@
+"""The benchmark harness (``make bench``): nginx with canned OpenAI replies, the daemon in front, wrk."""

@@ -1,0 +1,624 @@
+"""``make bench``: the daemon against the backend's own speed, same run, same requests.
+
+1. Installs nginx (with its njs module) and wrk from Debian's packages when they are missing.
+2. Starts nginx on a loopback port with canned OpenAI replies (``bench/canned.py``).
+3. Starts the daemon in front of it and checks every scenario's reply through it (and the canned replies
+   themselves, with the ``openai`` SDK) before any timing: a fast error is not a result.
+4. For each scenario and concurrency runs wrk straight at nginx, then through the daemon, and reads the
+   daemon's CPU time and RSS from /proc.
+5. Times the first chunk of each stream, opens many slow streams at once, and leaves one never read.
+6. Prints the tables, saves raw JSON in ``bench/results/`` and refreshes ``docs/performance.md``.
+
+Every server it starts listens on 127.0.0.1 only, and every load it sends is bounded in time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import http.client
+import json
+import os
+import platform
+import re
+import resource
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+from bench import canned, profile, report
+from bench.procs import (
+    REPO,
+    VENV_BIN,
+    Daemon,
+    Processes,
+    free_port,
+    port_open,
+    supports_option,
+    wait_for,
+    which,
+)
+from bench.procstat import MB, OtherLoad, RSSSampler, cpu_seconds, hwm_bytes, rss_bytes
+from bench.scenarios import SCENARIOS, STREAM_OPTIONS, CheckFailed, Request, Scenario, fetch, sdk_checks
+from bench.streams import first_chunk_latency, never_reads, slow_streams
+from bench.wrk import run_wrk, write_script
+
+RESULTS = REPO / "bench" / "results"
+DOCS = REPO / "docs" / "performance.md"
+APT_PACKAGES = {"nginx": "nginx", "wrk": "wrk"}
+# Above this many CPUs used by other processes during a cell, the machine was not quiet for that cell.
+QUIET_CPUS = 0.15
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+# -- setup -------------------------------------------------------------------------------------------------
+
+
+def ensure_tools() -> tuple[str, str]:
+    """nginx (with the njs module) and wrk, installed from Debian's packages if missing."""
+    missing = [pkg for tool, pkg in APT_PACKAGES.items() if which(tool) is None]
+    if not canned.NJS_MODULE.exists():
+        missing.append("libnginx-mod-http-js")
+    if missing:
+        sudo = [] if os.geteuid() == 0 else ["sudo", "-n"]
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        log(f"installing {' '.join(missing)} with apt-get")
+        subprocess.run([*sudo, "apt-get", "update", "-qq"], check=True, env=env)
+        subprocess.run(
+            [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
+            check=True,
+            env=env,
+        )
+    nginx, wrk = which("nginx"), which("wrk")
+    if nginx is None or wrk is None or not canned.NJS_MODULE.exists():
+        raise SystemExit("bench: nginx, its njs module or wrk is still missing after apt-get")
+    return nginx, wrk
+
+
+def wait_until_quiet(limit: float) -> None:
+    """Wait (at most ``limit`` seconds) until other processes leave the CPUs alone for 3 seconds."""
+    deadline = time.monotonic() + limit
+    while time.monotonic() < deadline:
+        load = OtherLoad([])
+        time.sleep(3.0)
+        cpus = load.cpus()
+        if cpus <= QUIET_CPUS:
+            return
+        log(f"waiting for a quiet machine: other processes keep {cpus:.2f} CPUs busy")
+    log("the machine is still busy; measuring anyway (the report says so)")
+
+
+def raise_fd_limit() -> int:
+    _, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+    return hard
+
+
+def _version(command: list[str], *, must_succeed: bool = False) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=30, check=False)
+    except OSError:
+        return "?"
+    if must_succeed and done.returncode != 0:
+        return "?"
+    text = (done.stdout + done.stderr).strip().splitlines()
+    return text[0].strip() if text else "?"
+
+
+def machine_facts(nginx: str, wrk: str) -> dict[str, Any]:
+    model = "?"
+    with open("/proc/cpuinfo") as cpuinfo:
+        for line in cpuinfo:
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    with open("/proc/meminfo") as meminfo:
+        mem_kb = int(meminfo.readline().split()[1])
+    code = _version(["git", "-C", str(REPO), "describe", "--always", "--dirty"], must_succeed=True)
+    return {
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gb": round(mem_kb / 1024 / 1024),
+        "kernel": platform.release(),
+        "python": platform.python_version(),
+        "twisted": metadata.version("twisted"),
+        "nginx": _version([nginx, "-v"]).replace("nginx version: ", ""),
+        "wrk": _version([wrk, "--version"]).split(" [")[0],
+        "code": code,
+    }
+
+
+# -- the run -----------------------------------------------------------------------------------------------
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace, workdir: Path, nginx: str, wrk: str) -> None:
+        self.args = args
+        self.workdir = workdir
+        self.nginx_bin = nginx
+        self.wrk = wrk
+        self.procs = Processes(workdir)
+        cpus = sorted(os.sched_getaffinity(0))
+        if args.workers > 1 and not args.no_pin:
+            args.no_pin = True  # several workers share the CPUs with the load generator
+            self_note = "CPU pinning is off with --workers: the workers and the load share the CPUs"
+        else:
+            self_note = ""
+        if len(cpus) >= 2 and not args.no_pin:
+            self.load_cpu: int | None = cpus[0]
+            self.daemon_cpu: int | None = cpus[1]
+            self.pinning = (
+                f"daemon on CPU {cpus[1]}; wrk, nginx and the Python clients on CPU {cpus[0]} (taskset)"
+            )
+            os.sched_setaffinity(0, {cpus[0]})
+        else:
+            self.load_cpu = self.daemon_cpu = None
+            self.pinning = ""
+        self.daemon_extra: list[str] = list(args.daemon_arg or [])
+        self.notes: list[str] = [self_note] if self_note else []
+        self.nginx_pid = 0
+        if args.workers:
+            if supports_option("--workers"):
+                self.daemon_extra += ["--workers", str(args.workers)]
+            else:
+                self.notes.append(f"--workers {args.workers} skipped: the daemon has no --workers option")
+                log(self.notes[-1])
+
+    # -- backends ------------------------------------------------------------------------------------------
+
+    def start_nginx(self) -> int:
+        port = free_port()
+        os.chmod(self.workdir, 0o755)  # noqa: S103 -- nginx's workers (user nobody) read it
+        conf = canned.write_nginx_config(self.workdir, port)
+        command = [self.nginx_bin, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log")]
+        proc = self.procs.spawn(
+            "nginx", [*command, "-c", str(conf)], self.load_cpu, self.workdir / "nginx.out"
+        )
+        wait_for(lambda: port_open(port), 15, "nginx", proc)
+        self.nginx_pid = proc.pid  # the master; its worker is a child, counted with it
+        log(f"nginx with canned replies on 127.0.0.1:{port}")
+        return port
+
+    def start_slow_backend(self) -> tuple[int, Any]:
+        port = free_port()
+        command = [
+            sys.executable,
+            "-m",
+            "bench.slow_backend",
+            "--port",
+            str(port),
+            "--interval",
+            str(self.args.slow_interval),
+            "--events",
+            str(max(1, round(self.args.slow_seconds / self.args.slow_interval))),
+            "--endless-seconds",
+            str(self.args.never_read_seconds + 30),
+            "--lifetime",
+            str(self.args.slow_seconds + self.args.never_read_seconds + 300),
+        ]
+        proc = self.procs.spawn("slow-backend", command, self.load_cpu, self.workdir / "slow-backend.log")
+        wait_for(lambda: port_open(port), 15, "slow backend", proc)
+        return port, proc
+
+    # -- checks --------------------------------------------------------------------------------------------
+
+    def check(self, scenarios: list[Scenario], backend_port: int, daemon: Daemon) -> dict[str, list[str]]:
+        """Every scenario's reply, direct and through the daemon, must be well formed, and the daemon must
+        log no error while it answers."""
+        failures: dict[str, list[str]] = {s.key: [] for s in scenarios}
+        for scenario in scenarios:
+            for target, port, request, check in (
+                ("backend", backend_port, scenario.direct, scenario.direct_check),
+                ("daemon", daemon.port, scenario.daemon, scenario.check),
+            ):
+                logged = daemon.log_size()
+                try:
+                    check(fetch(port, request, timeout=10))
+                except (CheckFailed, OSError, http.client.HTTPException) as exc:
+                    failures[scenario.key].append(f"{target}: {exc}")
+                time.sleep(0.2)  # lets an error logged just after the reply reach the log
+                failures[scenario.key].extend(f"daemon logged: {p}" for p in daemon.problems(logged)[:1])
+        for key, problems in sdk_checks(backend_port, daemon.port).items():
+            if key in failures:
+                failures[key].extend(problems)
+        for scenario in scenarios:
+            problems = failures[scenario.key]
+            log(f"check {scenario.label}: {'ok' if not problems else '; '.join(problems)}")
+        return failures
+
+    # -- load ----------------------------------------------------------------------------------------------
+
+    def wrk_cell(
+        self, scenario: Scenario, target: str, port: int, c: int, pid: int | None, duration: int
+    ) -> dict[str, Any]:
+        request = scenario.direct if target == "direct" else scenario.daemon
+        script = write_script(
+            self.workdir, f"{scenario.key}-{target}", request, tally_statuses=target == "daemon"
+        )
+        url = f"http://127.0.0.1:{port}{request.path}"
+        cpu_before = cpu_seconds(pid) if pid else 0.0
+        other = OtherLoad([p for p in (pid, self.nginx_pid) if p])
+        result = run_wrk(self.wrk, script, url, connections=c, duration=duration, cpu=self.load_cpu)
+        cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
+        cell: dict[str, Any] = {"scenario": scenario.key, "target": target, "c": c, **result.as_dict()}
+        cell["other_cpus"] = round(other.cpus(), 2)
+        if pid:
+            cell["cpu_s"] = round(cpu_used, 3)
+            cell["cpu_ms_per_req"] = round(cpu_used * 1000 / result.requests, 4) if result.requests else None
+        failed = {k: v for k, v in result.errors.items() if v}
+        cell["ok"] = result.requests > 0 and not failed
+        if not cell["ok"]:
+            cell["why"] = ", ".join(f"{v} {k} errors" for k, v in failed.items()) or "no requests completed"
+            bad = {s: n for s, n in result.statuses.items() if not s.startswith("2")}
+            if bad:
+                cell["why"] += " (HTTP " + ", ".join(f"{s}: {n}" for s, n in sorted(bad.items())) + ")"
+            if result.error_sample:
+                cell["why"] += f": {result.error_sample[:120]}"
+        return cell
+
+    def load(
+        self, scenarios: list[Scenario], failures: dict[str, list[str]], nginx: int, daemon: Daemon
+    ) -> list[dict[str, Any]]:
+        cells: list[dict[str, Any]] = []
+        for scenario in scenarios:
+            if self.args.wait_quiet:
+                wait_until_quiet(min(self.args.wait_quiet, 120.0))
+            broken = failures[scenario.key]
+            if not broken and self.args.warmup:
+                self.wrk_cell(scenario, "daemon", daemon.port, 10, None, self.args.warmup)
+            for c in self.args.concurrency:
+                direct = self.wrk_cell(scenario, "direct", nginx, c, None, self.args.duration)
+                cells.append(direct)
+                if broken:
+                    cells.append(
+                        {
+                            "scenario": scenario.key,
+                            "target": "daemon",
+                            "c": c,
+                            "ok": False,
+                            "why": "reply check failed, not timed",
+                        }
+                    )
+                    log(f"{scenario.label:30} c={c:<3} direct {direct['rps']:>9.0f} req/s; daemon: not timed")
+                    continue
+                cell = self.daemon_cell(scenario, daemon, c)
+                if cell["ok"] and direct["ok"]:
+                    cell["added_p50_ms"] = round(cell["p50_ms"] - direct["p50_ms"], 3)
+                    cell["added_p99_ms"] = round(cell["p99_ms"] - direct["p99_ms"], 3)
+                cells.append(cell)
+                status = "" if cell["ok"] else f"  FAILED: {cell['why']}"
+                busy = max(cell["other_cpus"], direct["other_cpus"])
+                if busy > QUIET_CPUS:
+                    status += f"  (other processes busy: {busy:.2f} CPUs)"
+                log(
+                    f"{scenario.label:30} c={c:<3} direct {direct['rps']:>9.0f} req/s "
+                    f"p50 {direct['p50_ms']:.2f} ms | daemon {cell['rps']:>7.0f} req/s "
+                    f"p50 {cell['p50_ms']:.2f} p99 {cell['p99_ms']:.2f} ms "
+                    f"cpu {cell.get('cpu_ms_per_req') or 0:.3f} ms/req{status}"
+                )
+        return cells
+
+    def daemon_cell(self, scenario: Scenario, daemon: Daemon, c: int) -> dict[str, Any]:
+        """One cell through the daemon; with --repeat N, N runs of it and the one with the median req/s
+        (a cell fails if any run failed)."""
+        runs = [
+            self.wrk_cell(scenario, "daemon", daemon.port, c, daemon.pid, self.args.duration)
+            for _ in range(self.args.repeat)
+        ]
+        failed = [run for run in runs if not run["ok"]]
+        chosen = failed[0] if failed else sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
+        if len(runs) > 1:
+            chosen["rps_runs"] = [run["rps"] for run in runs]
+            chosen["cpu_ms_per_req_runs"] = [run.get("cpu_ms_per_req") for run in runs]
+        return chosen
+
+    def first_chunks(
+        self, scenarios: list[Scenario], failures: dict[str, list[str]], nginx: int, daemon: Daemon
+    ) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for scenario in scenarios:
+            if not scenario.stream:
+                continue
+            direct = first_chunk_latency(nginx, scenario.direct, self.args.first_chunk)
+            if failures[scenario.key]:
+                through = {"count": 0, "why": "reply check failed"}
+            else:
+                through = first_chunk_latency(daemon.port, scenario.daemon, self.args.first_chunk)
+            out[scenario.key] = {"direct": direct, "daemon": through}
+            if through["count"] and direct["count"]:
+                log(
+                    f"first chunk {scenario.label}: direct p50 {direct['p50_ms']:.3f} ms, "
+                    f"daemon p50 {through['p50_ms']:.3f} p99 {through['p99_ms']:.3f} ms"
+                )
+            else:
+                log(f"first chunk {scenario.label}: {through.get('why') or direct.get('why')}")
+        return out
+
+    def profile_daemon(
+        self, daemon: Daemon, scenarios: list[Scenario], failures: dict[str, list[str]]
+    ) -> dict[str, Any]:
+        """py-spy on the daemon under c=10 load, twice per scenario: collapsed stacks by function (summarised
+        into ``profile-KEY.txt``) and a flame graph (``profile-KEY.svg``)."""
+        py_spy = VENV_BIN / "py-spy"
+        if not py_spy.exists():
+            return {"error": "py-spy is not installed in the venv (make .venv/.bench)"}
+        out: dict[str, Any] = {}
+        seconds = self.args.profile_seconds
+        for scenario in scenarios:
+            if scenario.key not in self.args.profile_scenarios or failures[scenario.key]:
+                continue
+            collapsed = RESULTS / f"profile-{scenario.key}.collapsed"
+            for output, options in (
+                (collapsed, ["--format", "raw", "--function"]),
+                (collapsed.with_suffix(".svg"), []),
+            ):
+                command = [str(py_spy), "record", "--pid", str(daemon.pid), "--duration", str(seconds)]
+                command += ["--rate", "200", "--nonblocking", "--output", str(output), *options]
+                if self.load_cpu is not None:
+                    command = ["taskset", "-c", str(self.load_cpu), *command]
+                spy = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+                time.sleep(1.0)  # py-spy attaches
+                cell = self.wrk_cell(scenario, "daemon", daemon.port, 10, daemon.pid, seconds + 1)
+                _, err = spy.communicate(timeout=seconds + 60)
+                if spy.returncode != 0:
+                    return {"error": f"py-spy failed: {err.decode(errors='replace')[-300:]}"}
+                if output == collapsed:
+                    summary = profile.summarise(collapsed)
+                    summary["rps_under_profiler"] = cell["rps"]
+                    collapsed.with_suffix(".txt").write_text(profile.format_summary(summary))
+                    out[scenario.key] = summary
+            log(f"profile of {scenario.label}: bench/results/profile-{scenario.key}.txt and .svg")
+        return out
+
+    # -- the whole run -------------------------------------------------------------------------------------
+
+    def run(self) -> dict[str, Any]:
+        started = time.monotonic()
+        scenarios = [s for s in SCENARIOS if not self.args.scenarios or s.key in self.args.scenarios]
+        results: dict[str, Any] = {"notes": self.notes}
+        nginx = self.start_nginx()
+        daemon = Daemon(
+            self.procs, "main", f"http://127.0.0.1:{nginx}/v1", self.daemon_cpu, self.daemon_extra
+        )
+        log(f"daemon pid {daemon.pid} on 127.0.0.1:{daemon.port}: {' '.join(daemon.command[1:])}")
+        time.sleep(1.0)
+        rss_idle = rss_bytes(daemon.pid)
+        sampler = RSSSampler(daemon.pid).start()
+        try:
+            failures = self.check(scenarios, nginx, daemon)
+            rss_after_checks = rss_bytes(daemon.pid)
+            results["cells"] = self.load(scenarios, failures, nginx, daemon)
+            results["first_chunk"] = self.first_chunks(scenarios, failures, nginx, daemon)
+            if self.args.profile:
+                results["profile"] = self.profile_daemon(daemon, scenarios, failures)
+        finally:
+            sampler.stop()
+        time.sleep(3.0)
+        results["rss"] = {
+            "idle_mb": round(rss_idle / MB, 1),
+            "after_checks_mb": round(rss_after_checks / MB, 1),
+            "peak_mb": round(max(sampler.peak(), hwm_bytes(daemon.pid)) / MB, 1),
+            "peak_sampled_mb": round(sampler.peak() / MB, 1),
+            "after_mb": round(rss_bytes(daemon.pid) / MB, 1),
+            "samples": len(sampler.samples),
+        }
+        log(f"daemon RSS idle / peak / after: {results['rss']}")
+        results["daemon_problems"] = summarise_problems(daemon.problems())
+        others = [cell["other_cpus"] for cell in results["cells"] if "other_cpus" in cell]
+        results["other_load"] = {
+            "mean_cpus": round(sum(others) / len(others), 2) if others else 0.0,
+            "max_cpus": max(others, default=0.0),
+            "busy_cells": sum(1 for x in others if x > QUIET_CPUS),
+            "cells": len(others),
+        }
+        daemon.stop()
+        results["scenarios"] = [
+            {"key": s.key, "label": s.label, "stream": s.stream, "check_failures": failures[s.key]}
+            for s in scenarios
+        ]
+        if self.args.slow_streams:
+            results.update(self.memory_tests())
+        results["wall_seconds"] = round(time.monotonic() - started, 1)
+        return results
+
+    def memory_tests(self) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        port, backend_proc = self.start_slow_backend()
+        extra = list(self.daemon_extra)
+        if supports_option("--max-concurrent"):
+            # This test measures memory per open stream, not the daemon's admission limit.
+            extra += ["--max-concurrent", str(self.args.slow_streams + 16)]
+        daemon = Daemon(self.procs, "slow", f"http://127.0.0.1:{port}/v1", self.daemon_cpu, extra)
+        out["slow_daemon_args"] = extra
+        try:
+            # Time to first chunk when the backend sends its stream event by event (the first at once),
+            # as a real model does: unlike nginx's one-read stream, this is the first token's own latency.
+            count = self.args.first_chunk
+            messages = [{"role": "user", "content": "tick"}]
+            direct = Request(
+                "POST",
+                "/v1/chat/completions",
+                {"model": "bench-slow", "messages": messages, **STREAM_OPTIONS},
+            )
+            proxied = Request(
+                "POST", "/api/chat", {"model": "bench-slow", "messages": messages, "stream": True}
+            )
+            out["first_chunk_evented"] = {
+                "direct": first_chunk_latency(port, direct, count, whole=False),
+                "daemon": first_chunk_latency(daemon.port, proxied, count, whole=False),
+            }
+            log(f"first chunk with an event-by-event backend: {out['first_chunk_evented']}")
+            log(f"{self.args.slow_streams} concurrent slow streams of {self.args.slow_seconds:g} s")
+            try:
+                slow = slow_streams(
+                    daemon.pid, daemon.port, "bench-slow", self.args.slow_streams, self.args.slow_seconds
+                )
+                out["slow_streams"] = {**slow.__dict__, "stream_seconds": self.args.slow_seconds}
+                log(f"slow streams: {out['slow_streams']}")
+            except (OSError, RuntimeError) as exc:
+                out["slow_streams"] = {"error": f"{type(exc).__name__}: {exc}"}
+            log(f"a client that never reads, {self.args.never_read_seconds:g} s")
+            try:
+                never = never_reads(
+                    daemon.pid,
+                    daemon.port,
+                    "bench-endless",
+                    self.args.never_read_seconds,
+                    lambda: int(json.loads(fetch(port, Request("GET", "/stats")).body)["endless_bytes"]),
+                )
+                out["never_reads"] = never
+                log(f"never reads: {never}")
+            except (OSError, RuntimeError) as exc:
+                out["never_reads"] = {"error": f"{type(exc).__name__}: {exc}"}
+            out["daemon_problems_slow"] = summarise_problems(daemon.problems())
+        finally:
+            daemon.stop()
+            self.procs.stop(backend_proc)
+        return out
+
+
+def summarise_problems(problems: list[str]) -> list[str]:
+    """Distinct logged errors with how often each occurred (timestamps and request ids left out)."""
+    counts: dict[str, int] = {}
+    for problem in problems:
+        key = re.sub(r"\b[0-9a-f]{16,}\b", "ID", problem.split(" ", 1)[-1])
+        counts[key] = counts.get(key, 0) + 1
+    return [f"{n} x {key}" for key, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+# -- command line ------------------------------------------------------------------------------------------
+
+
+# Defaults of a full run and of --quick (a one-minute smoke run); an option given on the command line wins.
+FULL = {
+    "duration": 5,
+    "warmup": 1,
+    "concurrency": [1, 10, 50],
+    "first_chunk": 200,
+    "slow_streams": 1000,
+    "slow_seconds": 20.0,
+    "never_read_seconds": 10.0,
+    "profile": True,
+    "profile_seconds": 10,
+}
+QUICK = {
+    "duration": 1,
+    "warmup": 0,
+    "concurrency": [1, 10],
+    "first_chunk": 30,
+    "slow_streams": 200,
+    "slow_seconds": 4.0,
+    "never_read_seconds": 3.0,
+    "profile": False,
+    "profile_seconds": 3,
+}
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="make bench BENCH_ARGS=...",
+        description=__doc__.splitlines()[0] if __doc__ else "",
+        epilog="Defaults are a full run's; --quick changes them to: "
+        + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
+    )
+    add = parser.add_argument
+    add("--quick", action="store_true", help="a one-minute smoke run; leaves docs/performance.md alone")
+    add("--duration", type=int, help=f"seconds per wrk cell ({FULL['duration']})")
+    add("--warmup", type=int, help=f"seconds of warm-up per scenario through the daemon ({FULL['warmup']})")
+    add("--concurrency", type=int, nargs="+", help="wrk connections, one cell each (1 10 50)")
+    add("--target-concurrency", type=int, default=10, help="the c the targets table reads (10)")
+    add("--repeat", type=int, default=1, help="runs per daemon cell; the median by req/s is kept (1)")
+    add("--scenarios", nargs="+", choices=[s.key for s in SCENARIOS], help="default: all")
+    add("--first-chunk", type=int, help=f"first-chunk samples per stream scenario ({FULL['first_chunk']})")
+    add("--slow-streams", type=int, help=f"concurrent slow streams, 0 to skip ({FULL['slow_streams']})")
+    add("--slow-seconds", type=float, help=f"how long each slow stream lasts ({FULL['slow_seconds']:g})")
+    add("--slow-interval", type=float, default=1.0, help="seconds between slow stream events (1)")
+    add("--never-read-seconds", type=float, help=f"never-reading client ({FULL['never_read_seconds']:g})")
+    add("--profile", action=argparse.BooleanOptionalAction, help="py-spy on the daemon under c=10 load")
+    add("--profile-seconds", type=int, help=f"per profile ({FULL['profile_seconds']})")
+    add("--profile-scenarios", nargs="+", default=["chat", "chat-stream"])
+    add("--workers", type=int, default=0, help="passed to the daemon if it supports --workers")
+    add("--daemon-arg", action="append", help="an extra daemon argument, repeatable (--daemon-arg=--x=1)")
+    add("--no-pin", action="store_true", help="do not pin the daemon and the load to CPUs")
+    add("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
+    add("--keep", action="store_true", help="keep the work directory (configs, daemon logs)")
+    add(
+        "--wait-quiet",
+        type=float,
+        default=0,
+        help="on a shared machine: wait up to this many seconds for idle CPUs first (and up to 120 s "
+        "before each scenario)",
+    )
+    args = parser.parse_args(argv)
+    for name, value in (QUICK if args.quick else FULL).items():
+        if getattr(args, name) is None:
+            setattr(args, name, value)
+    if args.quick:
+        args.no_docs = True
+    return args
+
+
+def command_line(argv: list[str]) -> str:
+    args = shlex.join(argv)
+    if os.environ.get("MAKELEVEL"):
+        return "make bench" + (f" BENCH_ARGS={shlex.quote(args)}" if args else "")
+    return f".venv/bin/python -m bench.run {args}".rstrip()
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    args = parse_args(argv)
+    wall = time.monotonic()
+    raise_fd_limit()
+    nginx, wrk = ensure_tools()
+    if args.wait_quiet:
+        wait_until_quiet(args.wait_quiet)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    workdir = Path(tempfile.mkdtemp(prefix="olpbench-"))
+    bench = Bench(args, workdir, nginx, wrk)
+    try:
+        results = bench.run()
+    finally:
+        bench.procs.stop_all()
+        if args.keep:
+            log(f"work directory kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+    results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+    results["command"] = command_line(argv)
+    results["wall_seconds"] = round(time.monotonic() - wall, 1)
+    results["machine"] = machine_facts(nginx, wrk)
+    results["config"] = {
+        "duration": args.duration,
+        "warmup": args.warmup,
+        "concurrency": args.concurrency,
+        "target_concurrency": args.target_concurrency,
+        "first_chunk": args.first_chunk,
+        "repeat": args.repeat,
+        "pinning": bench.pinning,
+        "daemon_args": bench.daemon_extra,
+    }
+    name = "quick.json" if args.quick else "latest.json"
+    (RESULTS / name).write_text(json.dumps(results, indent=1) + "\n")
+    text = report.render(results)
+    print("\n" + text)
+    if not args.no_docs:
+        report.update_docs(DOCS, text, report.DOCS_PREAMBLE)
+        log(f"wrote {DOCS.relative_to(REPO)} and bench/results/{name}")
+    else:
+        log(f"wrote bench/results/{name}")
+    failed = [c for c in results["cells"] if not c.get("ok")]
+    return 1 if failed and not args.quick and len(failed) == len(results["cells"]) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
