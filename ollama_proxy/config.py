@@ -124,24 +124,21 @@ def parse_backend_url(value: str) -> str:
     return text.rstrip("/")
 
 
-def _positive_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} must be a positive integer") from None
-    if number < 1:
-        raise ValueError(f"{value!r} must be a positive integer")
-    return number
+def _whole_number(minimum: int, wording: str) -> Callable[[str], int]:
+    def parse(value: str) -> int:
+        try:
+            number = int(value)
+        except ValueError:
+            raise ValueError(f"{value!r} must be {wording}") from None
+        if number < minimum:
+            raise ValueError(f"{value!r} must be {wording}")
+        return number
+
+    return parse
 
 
-def _non_negative_int(value: str) -> int:
-    try:
-        number = int(value)
-    except ValueError:
-        raise ValueError(f"{value!r} must be a whole number, 0 or more") from None
-    if number < 0:
-        raise ValueError(f"{value!r} must be a whole number, 0 or more")
-    return number
+_positive_int = _whole_number(1, "a positive integer")
+_non_negative_int = _whole_number(0, "a whole number, 0 or more")
 
 
 _SIZE_UNITS = {"": 1, "k": 1000, "kb": 1000, "kib": 1024, "m": 1000**2, "mb": 1000**2, "mib": 1024**2}
