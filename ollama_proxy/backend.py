@@ -310,6 +310,10 @@ class BackendClient:
         except Exception as exc:  # each failure kind is mapped below; nothing else escapes
             if expired:
                 raise BackendTimeout(_no_headers(self.headers_timeout)) from None
+            if _cancelled(exc):
+                # The client left before the headers: Agent reports that as ResponseNeverReceived
+                # around a CancelledError.  It says nothing about the backend's health.
+                raise CancelledError() from None
             raise _connection_error(exc) from None
         finally:
             if timer.active():
@@ -367,6 +371,13 @@ class BackendClient:
 
     async def close(self) -> None:
         await self.pool.closeCachedConnections()
+
+
+def _cancelled(exc: BaseException) -> bool:
+    reasons = getattr(exc, "reasons", None) or []
+    return isinstance(exc, CancelledError) or any(
+        isinstance(getattr(reason, "value", None), CancelledError) for reason in reasons
+    )
 
 
 def _no_headers(seconds: float) -> str:

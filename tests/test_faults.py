@@ -266,3 +266,22 @@ async def test_many_concurrent_streams_all_complete(fake_backend: FakeBackend, s
     finally:
         await pool.closeCachedConnections()
         await running.service.stopService()
+
+
+@pytest_twisted.ensureDeferred
+async def test_clients_leaving_before_the_headers_do_not_trip_the_breaker(tight: RunningProxy) -> None:
+    """Users pressing stop while a model loads are not backend failures: the next request still goes
+    through (the breaker here opens after 3 real failures)."""
+    from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
+
+    tight.backend.script = ChatScript(header_delay=5.0)
+    before = tight.backend.disconnects
+    for _ in range(5):
+        client = await _connect(tight.url, _Reader(STREAM_BODY.replace(b"qwen", MODEL.encode()), read=True))
+        await eventually(lambda: tight.backend.open_streams == 1)
+        assert client.transport is not None
+        client.transport.loseConnection()
+        await eventually(lambda: tight.backend.open_streams == 0)
+    assert tight.backend.disconnects - before == 5
+    assert tight.service.app.backend.breaker.state.value == "closed"
+    assert tight.service.app.backend.breaker.failures == 0
