@@ -68,7 +68,7 @@ clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache build *.egg-info twisted/plugins/dropin.cache
 
 # `make bench`: the daemon against the backend's own speed (bench/run.py; docs/performance.md has the
-# results).  Installs nginx and wrk with apt-get where missing; takes about 7 minutes on 2 cores.
+# results).  Installs nginx and wrk with apt-get where missing; takes about 6 minutes on 2 cores.
 # BENCH_ARGS passes options: --quick (a one-minute smoke run), --no-profile, --help for the rest.
 BENCH_ARGS ?=
 .PHONY: bench
