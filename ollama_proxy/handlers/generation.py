@@ -250,6 +250,21 @@ def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
     )
 
 
+def translated_once(
+    translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
+) -> Callable[[Dialect], tuple[str, dict[str, Any]]]:
+    """The translation for a dialect, computed once: validating the request and sending it to the first
+    replica (and to others of the same dialect) share one result instead of translating twice."""
+    done: dict[Dialect, tuple[str, dict[str, Any]]] = {}
+
+    def once(dialect: Dialect) -> tuple[str, dict[str, Any]]:
+        if dialect not in done:
+            done[dialect] = translate(dialect)
+        return done[dialect]
+
+    return once
+
+
 def wants_thinking(think: bool | str | None) -> bool:
     return think is not None and think is not False
 
@@ -267,16 +282,16 @@ class ChatResource(GenerationHandler):
             reply_json(request, _load_reply(chat.model, "chat", keep))
             return
         _check_can_generate(resolved, "chat")
-        chat_to_openai(chat, resolved.backend_id, resolved.client.dialect)  # a bad request fails here, once
+        translate = translated_once(
+            lambda dialect: ("chat/completions", chat_to_openai(chat, resolved.backend_id, dialect))
+        )
+        translate(resolved.client.dialect)  # a bad request fails here, before any backend is tried
         self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="chat",
-            translate=lambda dialect: (
-                "chat/completions",
-                chat_to_openai(chat, resolved.backend_id, dialect),
-            ),
+            translate=translate,
             stream=chat.stream,
             thinking=wants_thinking(chat.think),
         )
@@ -296,13 +311,16 @@ class GenerateResource(GenerationHandler):
             reply_json(request, _load_reply(generate.model, "generate", keep))
             return
         _check_can_generate(resolved, "generate")
-        generate_to_openai(generate, resolved.backend_id, resolved.client.dialect)  # a bad request fails here
+        translate = translated_once(
+            lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect)
+        )
+        translate(resolved.client.dialect)  # a bad request fails here, before any backend is tried
         self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="generate",
-            translate=lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect),
+            translate=translate,
             stream=generate.stream,
             thinking=wants_thinking(generate.think),
         )
