@@ -78,7 +78,7 @@ class ProxyConfig:
     model_map: Mapping[str, str] = attrs.field(factory=dict)
     models: Mapping[str, ModelOverride] = attrs.field(factory=dict)
     ollama_version: str = DEFAULT_OLLAMA_VERSION
-    pool_size: int = 16
+    pool_size: int = 64
     models_ttl: float = 10.0
     connect_timeout: float = 10.0
     stall_timeout: float = 60.0
@@ -275,7 +275,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("api-key-file", str, "File holding the backend API key (default: $OPENAI_API_KEY)."),
     Setting("model-map", str, 'JSON file {"ollama-name": "backend-model-id"}; reloaded on SIGHUP.', "m"),
     Setting("ollama-version", _version, "Version reported by /api/version."),
-    Setting("pool-size", _positive_int, "Idle backend connections kept open for reuse."),
+    Setting(
+        "pool-size",
+        _positive_int,
+        "Idle backend connections kept open for reuse, per backend (as many as --max-concurrent lets run).",
+    ),
     Setting("models-ttl", _positive_float, "Seconds the backend's model list is cached."),
     Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
     Setting("stall-timeout", _positive_float, "Seconds a client may stop reading a stream before it is cut."),
