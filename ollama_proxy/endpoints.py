@@ -5,9 +5,8 @@ descriptors 3, 4, ...; a worker listens on ``inherit:fd=3``.  Any launcher that 
 stream socket can use it too (the socket's family is read from the socket itself).  Unlike ``systemd:``, it
 needs no ``LISTEN_*`` variables, which a parent cannot set for a child whose pid it does not know yet.
 
-Connections are shared out by the kernel: every process holding the socket waits for it to be readable, and
-the first one to call ``accept()`` gets the connection (wrk's 64 keep-alive connections: requests split
-52/48, then 50/50, between two workers on this 2-core machine).
+Every process holding the socket waits for it to be readable, and the first one to call ``accept()`` gets the
+connection; ``--workers`` evens that out (``balance.py``).
 """
 
 from __future__ import annotations

@@ -14,15 +14,16 @@ import io
 import os
 import re
 import time
-import weakref
 from collections.abc import Callable
 from typing import Any
 
 from prometheus_client.core import Metric
 from twisted.internet.defer import Deferred
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.http import HTTPChannel
 from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
@@ -175,7 +176,7 @@ class ProxyRequest(Request):
         super().finish()
         self._log_access("stream_error" if self.stream_error else "completed")
 
-    def connectionLost(self, reason: Failure) -> None:
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
         self._log_access("client_gone")
 
@@ -215,8 +216,28 @@ def _peer(request: Request) -> str:
     return str(host) if host is not None else str(address)
 
 
+class ProxyChannel(HTTPChannel):
+    """A client connection that tells its site when it opens and closes.
+
+    Used in place of Twisted's default protocol, a proxy that exists to switch to HTTP/2 after a TLS ALPN
+    negotiation: this daemon serves neither (an h2c upgrade offer is ignored), and the site needs an exact
+    count of its open connections (graceful shutdown, and ``--workers`` sharing them out).
+    """
+
+    site: ProxySite
+
+    def connectionMade(self) -> None:
+        super().connectionMade()
+        self.site.connection_opened(self)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        super().connectionLost(reason)
+        self.site.connection_closed(self)
+
+
 class ProxySite(Site):
     requestFactory = ProxyRequest
+    protocol = ProxyChannel  # type: ignore[assignment]  # Twisted types it as its HTTP/2-switching proxy
     noisy = False
 
     def __init__(
@@ -245,19 +266,26 @@ class ProxySite(Site):
         # Requests being handled, for a graceful shutdown; idle() fires when the set empties.
         self.active: set[ProxyRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []
-        # Open client connections, so a shutdown can close them politely (flushing what was written).
-        self.connections: weakref.WeakSet[Any] = weakref.WeakSet()
+        # Open client connections, so a shutdown can close them politely (flushing what was written), and
+        # whoever shares connections out between workers is told how many there are.
+        self.connections: set[ProxyChannel] = set()
+        self.connections_changed: Callable[[int], object] | None = None
 
-    def buildProtocol(self, addr: Any) -> Any:
-        protocol = super().buildProtocol(addr)
-        self.connections.add(protocol)
-        return protocol
+    def connection_opened(self, channel: ProxyChannel) -> None:
+        self.connections.add(channel)
+        if self.connections_changed is not None:
+            self.connections_changed(len(self.connections))
+
+    def connection_closed(self, channel: ProxyChannel) -> None:
+        self.connections.discard(channel)
+        if self.connections_changed is not None:
+            self.connections_changed(len(self.connections))
 
     async def close_connections(self, grace: float) -> None:
         """Close every client connection after its pending output is written; abort after ``grace``."""
-        # Site protocols wrap the HTTPChannel that owns the transport.
-        channels = [getattr(protocol, "_channel", protocol) for protocol in list(self.connections)]
-        transports = [channel.transport for channel in channels if channel.transport is not None]
+        transports: list[Any] = [
+            channel.transport for channel in list(self.connections) if channel.transport is not None
+        ]
         for transport in transports:
             transport.loseConnection()
         deadline = self.clock.seconds() + grace

@@ -4,8 +4,9 @@ that serve them, so the daemon uses N cores behind one port with no load balance
 The parent (``twistd ollamaproxy --workers N``, the :class:`Supervisor` service):
 
 * binds every ``--listen`` endpoint (``systemd:`` ones are adopted from systemd), stops accepting on them
-  itself, and hands them to each worker as descriptors 3, 4, ...; the kernel gives each new connection to
-  one of the workers waiting on the shared socket;
+  itself, and hands them to each worker as descriptors 3, 4, ...; each new connection goes to one of the
+  workers waiting on the shared socket, the one with the fewest open connections where it can
+  (``balance.py``);
 * starts the workers as ``python -m ollama_proxy.workers`` with the same plugin arguments and environment
   (minus the parent's own systemd variables), so each builds the same configuration, its own backend pool,
   and listens on ``inherit:fd=3`` ...;
@@ -47,6 +48,7 @@ from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner, te
 from twisted.python.failure import Failure
 from zope.interface import provider
 
+from ollama_proxy.balance import ConnectionBoard, TakeTurns, board_path
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.logs import json_observer
@@ -183,6 +185,7 @@ class Supervisor(Service):
         self.exit_code = 0
         self.directory = ""
         self._receiver: NotifyReceiver | None = None
+        self.board: ConnectionBoard | None = None
         self._period = watchdog_period(environ)
         self._loops: list[LoopingCall] = []
         self._stopping = False
@@ -201,6 +204,7 @@ class Supervisor(Service):
             prefix="ollama-proxy-workers-", dir=self._environ.get("RUNTIME_DIRECTORY") or None
         )
         os.mkdir(self.metrics_directory)
+        self.board = ConnectionBoard.create(board_path(self.directory), len(self.workers))
         self._receiver = NotifyReceiver(os.path.join(self.directory, "notify"), self._notified)
         self.reactor.addReader(self._receiver)
         listening = [
@@ -263,6 +267,8 @@ class Supervisor(Service):
             f"--index={worker.index}",
             f"--parent={os.getpid()}",
             f"--sockets={len(self.ports)}",
+            f"--board={board_path(self.directory)}",
+            f"--workers={len(self.workers)}",
             "--",
             *self._argv,
         ]
@@ -335,6 +341,8 @@ class Supervisor(Service):
     def worker_ended(self, worker: Worker, reason: Failure) -> None:
         how = exit_description(reason)
         worker.process = None
+        if self.board is not None:
+            self.board.clear(worker.index)
         with contextlib.suppress(OSError):  # its gauges go; its counters stay
             mark_process_dead(worker.pid, self.metrics_directory)  # type: ignore[no-untyped-call]
         if self._stopping:
@@ -437,6 +445,9 @@ class Supervisor(Service):
         if self._receiver is not None:
             self.reactor.removeReader(self._receiver)
             self._receiver.close()
+        if self.board is not None:
+            self.board.close()
+            self.board = None
         shutil.rmtree(self.directory, ignore_errors=True)
 
     def _all_exited(self) -> Deferred[None]:
@@ -496,13 +507,32 @@ def _follow_parent(parent: int) -> None:
         raise SystemExit(1)  # the parent died before that took effect
 
 
-def _arguments(argv: Sequence[str]) -> tuple[int, int, int, list[str]]:
-    values: dict[str, int] = {}
-    rest = list(argv)
-    while rest and rest[0] != "--":
-        name, _, value = rest.pop(0).removeprefix("--").partition("=")
-        values[name] = int(value)
-    return values["index"], values["parent"], values["sockets"], rest[1:]
+@attrs.frozen
+class WorkerArguments:
+    """What the parent tells a worker on its command line, before ``--`` and the plugin arguments."""
+
+    index: int
+    parent: int
+    sockets: int
+    board: str
+    workers: int
+    plugin_argv: list[str]
+
+    @classmethod
+    def parse(cls, argv: Sequence[str]) -> WorkerArguments:
+        values: dict[str, str] = {}
+        rest = list(argv)
+        while rest and rest[0] != "--":
+            name, _, value = rest.pop(0).removeprefix("--").partition("=")
+            values[name] = value
+        return cls(
+            index=int(values["index"]),
+            parent=int(values["parent"]),
+            sockets=int(values["sockets"]),
+            board=values["board"],
+            workers=int(values["workers"]),
+            plugin_argv=rest[1:],
+        )
 
 
 def worker_main(argv: Sequence[str]) -> None:
@@ -514,15 +544,15 @@ def worker_main(argv: Sequence[str]) -> None:
     from ollama_proxy.shared_metrics import SharedMetrics
     from ollama_proxy.tap import Options
 
-    index, parent, sockets, plugin_argv = _arguments(argv)
-    _follow_parent(parent)
+    arguments = WorkerArguments.parse(argv)
+    _follow_parent(arguments.parent)
 
     class WorkerOptions(Options):
         """The parent's options, listening on the sockets it passed instead of its endpoints."""
 
         def __init__(self) -> None:
             super().__init__()
-            self.listen = [f"inherit:fd={FIRST_FD + n}" for n in range(sockets)]
+            self.listen = [f"inherit:fd={FIRST_FD + n}" for n in range(arguments.sockets)]
 
         def opt_listen(self, endpoint: str) -> None:
             """Replaced by the inherited sockets."""
@@ -530,11 +560,14 @@ def worker_main(argv: Sequence[str]) -> None:
         opt_l = opt_listen
 
     options = WorkerOptions()
-    options.parseOptions(plugin_argv)
+    options.parseOptions(arguments.plugin_argv)
     config = options.config
     assert config is not None  # noqa: S101 -- parseOptions sets it or exits
-    globalLogBeginner.beginLoggingTo([worker_observer(config.log_format, index)], redirectStandardIO=False)
+    globalLogBeginner.beginLoggingTo(
+        [worker_observer(config.log_format, arguments.index)], redirectStandardIO=False
+    )
     service = ProxyService(config, reactor)
+    _share_connections(service, reactor, ConnectionBoard(arguments.board, arguments.workers), arguments.index)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if directory:
         shared = SharedMetrics(service.app.metrics, directory)
@@ -550,6 +583,26 @@ def worker_main(argv: Sequence[str]) -> None:
     # ignored to the end, handled ones do not.
     for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         signal.signal(signum, signal.SIG_IGN)
+
+
+def _share_connections(service: Any, reactor: Any, board: ConnectionBoard, slot: int) -> None:
+    """Publish this worker's open connections on the board, and accept only in turn (``balance.py``)."""
+    board.set(slot, 0)
+    service.site.connections_changed = lambda count: board.set(slot, count)
+    turns: list[TakeTurns] = []
+
+    def take_turns(port: Any) -> Any:
+        turns.append(TakeTurns(port, board, slot, reactor))
+        return port
+
+    for listener in service.listeners:
+        listener.listening.addCallback(take_turns)
+
+    def stop_taking_turns() -> None:
+        for each in turns:
+            each.stop()
+
+    reactor.addSystemEventTrigger("before", "shutdown", stop_taking_turns)
 
 
 def _worker_signals(reactor: Any, service: Any) -> None:
