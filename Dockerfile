@@ -34,7 +34,8 @@ COPY --from=build /opt/ollama-proxy /opt/ollama-proxy
 RUN python -c "from twisted.plugin import IPlugin, getPlugins; list(getPlugins(IPlugin))" \
  && find /opt/ollama-proxy -name dropin.cache | grep -q . \
  && groupadd --system --gid 10001 ollama-proxy \
- && useradd --system --uid 10001 --gid 10001 --no-create-home --shell /usr/sbin/nologin ollama-proxy
+ && useradd --no-log-init --uid 10001 --gid 10001 --no-create-home --home-dir /nonexistent \
+      --shell /usr/sbin/nologin ollama-proxy
 # Numeric, so that Kubernetes' runAsNonRoot can check it.
 USER 10001:10001
 WORKDIR /tmp
