@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 from typing import Any
 
@@ -26,6 +27,26 @@ from ollama_proxy.site import ProxySite
 from ollama_proxy.web import end_request
 
 log = Logger(namespace="ollama_proxy.service")
+
+# The youngest generation is collected once this many more container objects were allocated than freed
+# (CPython's default: 700).  Nearly all of the daemon's garbage is freed by reference counting as each
+# request ends, so at 700 it was the requests in flight that set collections off, about one per five
+# requests, and each of them promoted live request objects towards the costly full collections.
+GC_THRESHOLDS = (10_000, 10, 10)
+
+
+def settle_garbage_collector() -> None:
+    """Once the daemon is up: leave what start-up made (modules, configuration, the site) out of every
+    future collection, and collect the youngest generation far less often.
+
+    Start-up objects never become garbage, yet each full collection walked all of them (some 60,000): with
+    CPython's defaults the collector took 80 µs per ``/api/chat`` request under load (2.6 s over about
+    33,000 requests, ``gc.callbacks`` timing), a tenth of the daemon's CPU; frozen and with these thresholds,
+    about 1 µs.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(*GC_THRESHOLDS)
 
 
 class ListeningService(Service):

@@ -12,7 +12,7 @@ from ollama_proxy import listen_fds  # noqa: F401 -- first: names unnamed system
 from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.sdnotify import attach_notifier
-from ollama_proxy.service import ProxyService
+from ollama_proxy.service import ProxyService, settle_garbage_collector
 
 
 class Options(usage.Options):
@@ -95,4 +95,5 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         return Supervisor(options.config, reactor, options.argv, handle_signals=True)
     service = ProxyService(options.config, reactor, handle_signals=True)
     attach_notifier(service, reactor)
+    reactor.callWhenRunning(settle_garbage_collector)
     return service

@@ -540,7 +540,7 @@ def worker_main(argv: Sequence[str]) -> None:
     from twisted.internet import reactor
 
     from ollama_proxy.sdnotify import attach_notifier
-    from ollama_proxy.service import ProxyService
+    from ollama_proxy.service import ProxyService, settle_garbage_collector
     from ollama_proxy.shared_metrics import SharedMetrics
     from ollama_proxy.tap import Options
 
@@ -575,6 +575,7 @@ def worker_main(argv: Sequence[str]) -> None:
         reactor.callWhenRunning(shared.start, reactor)
     attach_notifier(service, reactor)
     reactor.callWhenRunning(_worker_signals, reactor, service)
+    reactor.callWhenRunning(settle_garbage_collector)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import json
 import os
 import queue
@@ -203,14 +204,23 @@ def test_twistd_rejects_a_bad_backend_in_one_line() -> None:
 
 
 def test_make_service_and_model_map_reload_in_process(tmp_path: Path) -> None:
-    """makeService wires the config into a service; reloads swap the map and survive a broken file."""
+    """makeService wires the config into a service and settles the garbage collector; reloads swap the map
+    and survive a broken file."""
+    from ollama_proxy.service import GC_THRESHOLDS
     from ollama_proxy.tap import Options, makeService
 
     model_map = tmp_path / "map.json"
     model_map.write_text(json.dumps({"a": "model-a"}))
     options = Options()
     options.parseOptions(["--backend", "http://127.0.0.1:9/v1", "--model-map", str(model_map), "-l", "tcp:0"])
-    service = makeService(options)
+    thresholds = gc.get_threshold()
+    try:
+        service = makeService(options)  # the reactor runs under pytest-twisted: settled at once
+        assert gc.get_freeze_count() > 10_000  # start-up objects, out of the collector's way
+        assert gc.get_threshold() == GC_THRESHOLDS
+    finally:
+        gc.unfreeze()
+        gc.set_threshold(*thresholds)
     catalog = service.app.catalog
     assert catalog.model_map == {"a": "model-a"}
     model_map.write_text(json.dumps({"b": "model-b"}))
