@@ -222,9 +222,12 @@ class BackendClient:
         deadline = self._clock.seconds() + self.retry.budget
         attempt = 0
         while True:
-            outcome = await self._attempt(method, path, body, request_id, headers)
+            outcome = await self._attempt(method, path, body, request_id, headers, first=attempt == 0)
             if isinstance(outcome, BackendError):
-                delay = self.retry.backoff(attempt, self._rng)
+                # A first attempt the backend closed unanswered most likely went out on a kept-alive
+                # connection it had just timed out (see _attempt): the retry goes at once.
+                stale = attempt == 0 and _closed_unanswered(outcome)
+                delay = 0.0 if stale else self.retry.backoff(attempt, self._rng)
             elif outcome.code not in RETRYABLE_STATUSES:
                 return outcome
             else:
@@ -248,8 +251,16 @@ class BackendClient:
         body: bytes | None,
         request_id: str | None,
         headers: dict[bytes, list[bytes]] | None,
+        *,
+        first: bool,
     ) -> IResponse | BackendError:
-        """One attempt through the breaker: the response, or a failure worth retrying (others raise)."""
+        """One attempt through the breaker: the response, or a failure worth retrying (others raise).
+
+        Servers close kept-alive connections after a few idle seconds (llama.cpp's and uvicorn's, so
+        vLLM's: 5 s), and a request written just as that happens is closed unanswered.  On a first
+        attempt that says nothing about the backend's health: after an idle spell a burst of requests
+        meets a pool of such connections, and counting each would open the breaker.
+        """
         try:
             probe = self.breaker.before_request()
         except BackendCircuitOpen:
@@ -258,7 +269,11 @@ class BackendClient:
         try:
             response = await self._send(method, path, body, request_id, headers)
         except BackendError as error:
-            self.breaker.failed()
+            if first and _closed_unanswered(error):
+                if probe:
+                    self.breaker.abandoned()
+            else:
+                self.breaker.failed()
             self.observer.backend_error(error.reason)
             if isinstance(error, BackendUnreachable) and error.retryable:
                 return error
@@ -380,6 +395,10 @@ def _cancelled(exc: BaseException) -> bool:
     )
 
 
+def _closed_unanswered(error: BackendError) -> bool:
+    return isinstance(error, BackendUnreachable) and error.retryable and error.reason == "reset"
+
+
 def _no_headers(seconds: float) -> str:
     return f"the backend did not answer within {seconds:g} seconds"
 
@@ -398,10 +417,11 @@ def _connection_error(exc: BaseException) -> BackendError:
         )
     if isinstance(first, net_error.DNSLookupError):
         return BackendUnreachable("cannot reach the backend: its host name does not resolve", reason="dns")
-    if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)) and not isinstance(
-        exc, ResponseFailed
+    if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)) and (
+        isinstance(exc, ResponseNeverReceived) or not isinstance(exc, ResponseFailed)
     ):
-        # Reset before any response: nothing was generated for this request, so it is safe to resend.
+        # Closed before a byte of the response (ResponseNeverReceived is a ResponseFailed too): nothing
+        # was generated for this request, so it is safe to send again.
         return BackendUnreachable("the backend closed the connection", retryable=True, reason="reset")
     if isinstance(first, (net_error.ConnectionLost, net_error.ConnectionDone)):
         return BackendUnreachable("the backend closed the connection", reason="reset")

@@ -337,6 +337,11 @@ class FakeBackend:
         self.base_url: str = ""  # set by listen()
         self._clock = reactor
         self._failures: deque[_Failure] = deque()
+        # When set, a request is closed unanswered (a clean close) the first time its X-Request-ID is
+        # seen: as a keep-alive server closes an idle connection just as a request arrives on it, while
+        # the request's retry is answered.
+        self.close_first_attempts = False
+        self._attempted: set[str] = set()
         self._streams: set[_SSEStream] = set()
         self._delayed: set[IDelayedCall] = set()
         self._root: _Root | None = None
@@ -475,6 +480,12 @@ class FakeBackend:
         rec = self._record(request)
         for name, value in self.extra_headers.items():
             request.setHeader(name.encode("latin-1"), value.encode("latin-1"))
+        request_id = rec.headers.get("x-request-id", "")
+        if self.close_first_attempts and request_id not in self._attempted:
+            self._attempted.add(request_id)
+            if request.channel.transport is not None:
+                request.channel.transport.loseConnection()
+            return NOT_DONE_YET
         if self._failures:
             return self._send_failure(request, self._failures.popleft())
         if self.api_key is not None:

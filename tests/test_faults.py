@@ -285,3 +285,47 @@ async def test_clients_leaving_before_the_headers_do_not_trip_the_breaker(tight:
     assert tight.backend.disconnects - before == 5
     assert tight.service.app.backend.breaker.state.value == "closed"
     assert tight.service.app.backend.breaker.failures == 0
+
+
+@pytest.mark.parametrize("body", [CHAT, STREAM], ids=["json", "stream"])
+@pytest_twisted.ensureDeferred
+async def test_a_request_closed_unanswered_is_sent_again_at_once(
+    tight: RunningProxy, http: HTTPClient, body: dict[str, Any]
+) -> None:
+    """llama.cpp and uvicorn close a kept-alive connection after 5 idle seconds; a request written as
+    that happens is closed unanswered. Against real llama.cpp, 10 of 30 chats sent 5 s after the last
+    one got a 502 ("the backend closed the connection") before this was retried."""
+    tight.backend.close_first_attempts = True
+    response = await http.post(tight.url + "/api/chat", json=body)
+    assert response.code == 200
+    lines = (await response.content()).splitlines()
+    assert json.loads(lines[-1])["done"] is True
+    assert chats(tight.backend) == 2
+    breaker = tight.service.app.backend.breaker
+    assert (breaker.state.value, breaker.failures) == ("closed", 0)
+    metrics = (await (await http.get(tight.url + "/metrics")).content()).decode()
+    assert 'ollama_proxy_backend_errors_total{reason="reset"} 1.0' in metrics
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_burst_on_connections_the_backend_timed_out_does_not_open_the_breaker(
+    fake_backend: FakeBackend, http: HTTPClient
+) -> None:
+    """After an idle spell every pooled connection may be stale at once: eight concurrent requests each
+    closed unanswered once are all answered, and the breaker (threshold 3) stays closed."""
+    running = await start_proxy(
+        fake_backend, fake_backend.base_url, api_key="sk-test-secret", breaker_threshold=3, retries=1
+    )
+    try:
+        await running.service.app.catalog.snapshot()
+        fake_backend.close_first_attempts = True
+        responses = await defer.gatherResults(
+            [defer.ensureDeferred(http.post(running.url + "/api/chat", json=CHAT)) for _ in range(8)]
+        )
+        assert [r.code for r in responses] == [200] * 8
+        for response in responses:
+            await response.content()
+        assert chats(fake_backend) == 16
+        assert running.service.app.backend.breaker.state.value == "closed"
+    finally:
+        await running.service.stopService()
