@@ -538,7 +538,7 @@ THINK_ROWS: list[tuple[bool | str | None, dict[Dialect, dict[str, Any]]]] = [
             VLLM: {"chat_template_kwargs": {"enable_thinking": False}},
             LLAMACPP: {"chat_template_kwargs": {"enable_thinking": False}},
             OPENROUTER: {"reasoning": {"enabled": False}},
-            OPENAI: {"reasoning_effort": "minimal"},
+            OPENAI: {},  # no effort means off on every OpenAI model; non-reasoning ones refuse the field
         },
     ),
 ]

@@ -381,7 +381,11 @@ def _think(think: Think, dialect: Dialect) -> dict[str, Any]:
         if dialect is Dialect.OPENROUTER:
             return {"reasoning": {"enabled": False}}
         if dialect is Dialect.OPENAI:
-            return {"reasoning_effort": "minimal"}
+            # OpenAI has no reasoning_effort that means "off" on every model: "minimal" is gpt-5's alone
+            # (o3 and o4-mini refuse it), and gpt-4o and gpt-4.1 refuse the field, where Ollama accepts
+            # think:false for a model that cannot think.  OpenAI never returns the reasoning text, so
+            # leaving the model's default changes its cost, not the reply.
+            return {}
         return {"chat_template_kwargs": {"enable_thinking": False}}
     if dialect is Dialect.OPENROUTER:
         return {"reasoning": {"effort": effort}}
