@@ -66,7 +66,8 @@ def backend_status(status: int) -> int:
 
     The backend's own auth failures are the operator's problem, not the client's (a 401 would make
     Ollama clients think *they* need a key), so they become 502; server faults become 502 as a gateway
-    reports them; the rest keep their meaning.
+    reports them; the rest keep their meaning, 501 included (the backend does not serve that kind of
+    request at all, which says nothing about its health).
     """
     if status in (401, 403, 407):
         return 502
@@ -74,8 +75,8 @@ def backend_status(status: int) -> int:
         return 400
     if status == 408:
         return 504
-    if status in (400, 404, 409, 413, 429, 502, 503, 504):
-        return status
+    if status in (400, 404, 409, 413, 429, 501, 502, 503, 504):
+        return status  # 501: a server that does not do this at all (llama.cpp asked for embeddings)
     if status >= 500:
         return 502
     return 400 if 400 <= status < 500 else 502

@@ -229,7 +229,7 @@ async def test_backend_down_is_a_clear_502(http: HTTPClient) -> None:
         await running.service.stopService()
 
 
-@pytest.mark.parametrize(("status", "expected"), [(500, 502), (503, 503), (401, 502), (429, 429)])
+@pytest.mark.parametrize(("status", "expected"), [(500, 502), (503, 503), (401, 502), (429, 429), (501, 501)])
 @pytest_twisted.ensureDeferred
 async def test_backend_errors_keep_their_meaning(
     proxy: RunningProxy, http: HTTPClient, status: int, expected: int
