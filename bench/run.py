@@ -27,10 +27,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+import psutil
 
 from bench import canned, profile, report
 from bench.procs import (
@@ -166,6 +169,8 @@ class Bench:
         self.daemon_extra: list[str] = list(args.daemon_arg or [])
         self.notes: list[str] = [self_note] if self_note else []
         self.nginx_pid = 0
+        self.nginx_port = 0
+        self.all_cpus = set(cpus)
         if args.workers:
             if supports_option("--workers"):
                 self.daemon_extra += ["--workers", str(args.workers)]
@@ -185,6 +190,7 @@ class Bench:
         )
         wait_for(lambda: port_open(port), 15, "nginx", proc)
         self.nginx_pid = proc.pid  # the master; its worker is a child, counted with it
+        self.nginx_port = port
         log(f"nginx with canned replies on 127.0.0.1:{port}")
         return port
 
@@ -238,7 +244,15 @@ class Bench:
     # -- load ----------------------------------------------------------------------------------------------
 
     def wrk_cell(
-        self, scenario: Scenario, target: str, port: int, c: int, pid: int | None, duration: int
+        self,
+        scenario: Scenario,
+        target: str,
+        port: int,
+        c: int,
+        pid: int | None,
+        duration: int,
+        *,
+        pinned: bool = True,
     ) -> dict[str, Any]:
         request = scenario.direct if target == "direct" else scenario.daemon
         script = write_script(
@@ -247,7 +261,8 @@ class Bench:
         url = f"http://127.0.0.1:{port}{request.path}"
         cpu_before = cpu_seconds(pid) if pid else 0.0
         other = OtherLoad([p for p in (pid, self.nginx_pid) if p])
-        result = run_wrk(self.wrk, script, url, connections=c, duration=duration, cpu=self.load_cpu)
+        load_cpu = self.load_cpu if pinned else None
+        result = run_wrk(self.wrk, script, url, connections=c, duration=duration, cpu=load_cpu)
         cpu_used = cpu_seconds(pid) - cpu_before if pid else 0.0
         cell: dict[str, Any] = {"scenario": scenario.key, "target": target, "c": c, **result.as_dict()}
         cell["other_cpus"] = round(other.cpus(), 2)
@@ -427,8 +442,79 @@ class Bench:
         ]
         if self.args.slow_streams:
             results.update(self.memory_tests())
+        if self.args.scaling_workers > 1 and failures.get("chat") == []:
+            results["scaling"] = self.scaling(next(s for s in SCENARIOS if s.key == "chat"))
         results["wall_seconds"] = round(time.monotonic() - started, 1)
         return results
+
+    def scaling(self, scenario: Scenario) -> dict[str, Any]:
+        """``/api/chat`` through one process and through ``--workers N``, in the same conditions: nothing
+        pinned (N workers need the CPUs the load generator also runs on), both daemons started at once, and
+        their cells taking turns so that a change in the machine's speed over the run hits both alike.  The
+        median of the runs per cell is kept."""
+        workers = self.args.scaling_workers
+        os.sched_setaffinity(0, self.all_cpus)  # wrk inherits this process's CPUs
+        ceiling = machine_scaling(workers, self.args.scaling_repeat)
+        log(f"the machine: {workers} processes of pure Python work do {ceiling['ratio']}x one's: {ceiling}")
+        nginx = psutil.Process(self.nginx_pid)
+        for proc in [nginx, *nginx.children()]:
+            proc.cpu_affinity(sorted(self.all_cpus))
+        backend = f"http://127.0.0.1:{self.nginx_port}/v1"
+        extra = [arg for arg in self.daemon_extra if not arg.startswith("--workers")]
+        if "--workers" in self.daemon_extra:
+            at = self.daemon_extra.index("--workers")
+            extra = self.daemon_extra[:at] + self.daemon_extra[at + 2 :]
+        single = Daemon(self.procs, "single", backend, None, extra)
+        several = Daemon(self.procs, "workers", backend, None, [*extra, "--workers", str(workers)])
+        wait_for(lambda: several.log_text().count(" ready (pid ") >= workers, 30, "the workers", several.proc)
+        out: dict[str, Any] = {
+            "workers": workers,
+            "repeat": self.args.scaling_repeat,
+            "machine": ceiling,
+            "cells": [],
+        }
+        try:
+            for daemon in (single, several):
+                self.wrk_cell(
+                    scenario, "daemon", daemon.port, 10, None, max(1, self.args.warmup), pinned=False
+                )
+            for c in self.args.scaling_concurrency:
+                runs: dict[str, list[dict[str, Any]]] = {"single": [], "workers": []}
+                for _ in range(self.args.scaling_repeat):
+                    for name, daemon in (("single", single), ("workers", several)):
+                        spread: list[int] = []
+                        sampler = threading.Timer(
+                            self.args.duration / 2,
+                            lambda d=daemon, into=spread: into.extend(connections_per_process(d)),
+                        )
+                        sampler.start()
+                        cell = self.wrk_cell(
+                            scenario, "daemon", daemon.port, c, daemon.pid, self.args.duration, pinned=False
+                        )
+                        sampler.join()
+                        cell["connections_per_process"] = spread
+                        runs[name].append(cell)
+                row: dict[str, Any] = {"c": c}
+                for name, cells in runs.items():
+                    failed = [cell for cell in cells if not cell["ok"]]
+                    chosen = (
+                        failed[0] if failed else sorted(cells, key=lambda cell: cell["rps"])[len(cells) // 2]
+                    )
+                    row[name] = {**chosen, "rps_runs": [cell["rps"] for cell in cells]}
+                if row["single"]["ok"] and row["workers"]["ok"]:
+                    row["ratio"] = round(row["workers"]["rps"] / row["single"]["rps"], 2)
+                out["cells"].append(row)
+                log(
+                    f"scaling c={c}: one process {row['single']['rps']:.0f} req/s "
+                    f"{row['single']['rps_runs']}, {workers} workers {row['workers']['rps']:.0f} req/s "
+                    f"{row['workers']['rps_runs']} "
+                    f"(connections {row['workers']['connections_per_process']}), ratio {row.get('ratio')}"
+                )
+            out["daemon_problems"] = summarise_problems(single.problems() + several.problems())
+        finally:
+            single.stop()
+            several.stop()
+        return out
 
     def memory_tests(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
@@ -486,6 +572,65 @@ class Bench:
         return out
 
 
+# The machine's own ceiling for N processes: a JSON round trip of a chat request, the daemon's kind of work,
+# with no I/O and nothing shared.
+_CEILING_DOC = {"model": "m", "messages": [{"role": "user", "content": "hello " * 20}] * 5, "stream": False}
+
+
+def _pure_python_work(seconds: float, done: Any) -> None:
+    count = 0
+    end = time.perf_counter() + seconds
+    while time.perf_counter() < end:
+        for _ in range(100):
+            json.loads(json.dumps(_CEILING_DOC))
+        count += 100
+    done.put(count)
+
+
+def machine_scaling(processes: int, repeat: int, seconds: float = 3.0) -> dict[str, Any]:
+    """How much more pure Python work ``processes`` processes do at once than one alone, on this
+    machine, right now (one and N taking turns, the median ratio of ``repeat`` rounds).  On a virtual
+    machine whose CPUs share a physical core or a power budget this is below N, and no daemon can scale
+    better than it."""
+    import multiprocessing
+
+    def run(count: int) -> float:
+        done: Any = multiprocessing.Queue()
+        procs = [
+            multiprocessing.Process(target=_pure_python_work, args=(seconds, done)) for _ in range(count)
+        ]
+        for proc in procs:
+            proc.start()
+        for proc in procs:
+            proc.join()
+        return float(sum(done.get() for _ in procs)) / seconds
+
+    rounds = [(run(1), run(processes)) for _ in range(max(1, repeat))]
+    ratios = sorted(many / one for one, many in rounds)
+    return {
+        "processes": processes,
+        "ratio": round(ratios[len(ratios) // 2], 2),
+        "ratios": [round(r, 2) for r in ratios],
+        "one_per_s": [round(one) for one, _ in rounds],
+    }
+
+
+def connections_per_process(daemon: Daemon) -> list[int]:
+    """How many client connections each of the daemon's processes holds now, most first."""
+    counts = []
+    for proc in [psutil.Process(daemon.pid), *psutil.Process(daemon.pid).children()]:
+        try:
+            held = proc.net_connections("tcp")
+        except psutil.Error:
+            continue
+        mine = sum(
+            1 for conn in held if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == daemon.port
+        )
+        if mine:
+            counts.append(mine)
+    return sorted(counts, reverse=True)
+
+
 def summarise_problems(problems: list[str]) -> list[str]:
     """Distinct logged errors with how often each occurred (timestamps and request ids left out)."""
     counts: dict[str, int] = {}
@@ -509,6 +654,8 @@ FULL = {
     "never_read_seconds": 10.0,
     "profile": True,
     "profile_seconds": 10,
+    "scaling_workers": 2,
+    "scaling_repeat": 3,
 }
 QUICK = {
     "duration": 1,
@@ -520,6 +667,8 @@ QUICK = {
     "never_read_seconds": 3.0,
     "profile": False,
     "profile_seconds": 3,
+    "scaling_workers": 2,
+    "scaling_repeat": 1,
 }
 
 
@@ -547,6 +696,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     add("--profile-seconds", type=int, help=f"per profile ({FULL['profile_seconds']})")
     add("--profile-scenarios", nargs="+", default=["chat", "chat-stream"])
     add("--workers", type=int, default=0, help="passed to the daemon if it supports --workers")
+    add(
+        "--scaling-workers",
+        type=int,
+        help=f"the one-process/--workers run's N, 0 to skip ({FULL['scaling_workers']})",
+    )
+    add("--scaling-repeat", type=int, help=f"runs per cell of it, taking turns ({FULL['scaling_repeat']})")
+    add("--scaling-concurrency", type=int, nargs="+", default=[10, 50], help="its wrk connections (10 50)")
     add("--daemon-arg", action="append", help="an extra daemon argument, repeatable (--daemon-arg=--x=1)")
     add("--no-pin", action="store_true", help="do not pin the daemon and the load to CPUs")
     add("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
