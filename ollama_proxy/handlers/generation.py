@@ -149,15 +149,22 @@ class GenerationHandler(Handler):
         *,
         kind: Kind,
         translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
+        keep: float,
         stream: bool,
-        thinking: bool,
+        think: bool | str | None,
     ) -> None:
         """Call the backend and answer: one JSON object, or the NDJSON relay of its SSE stream.
 
-        ``translate`` builds (endpoint, body) for a backend's dialect.  A replica that fails before
-        anything reached the client hands the request to the next one.  ``thinking`` (the client asked
-        to think) also splits a leading ``<think>…</think>`` out of the content.
+        ``translate`` builds (endpoint, body) for a backend's dialect; it runs once per dialect, and
+        first here, so that a bad request fails before any backend is tried.  A replica that fails
+        before anything reached the client hands the request to the next one.  A ``think`` request
+        also splits a leading ``<think>…</think>`` out of the content.
         """
+        _check_can_generate(resolved, kind)
+        translate = translated_once(translate)
+        translate(resolved.client.dialect)
+        self.app.recent.touch(resolved, keep)
+        thinking = wants_thinking(think)
 
         async def attempt(target: Resolved, last: bool) -> None:
             endpoint, body = translate(target.client.dialect)
@@ -281,19 +288,17 @@ class ChatResource(GenerationHandler):
             self.app.recent.touch(resolved, keep)
             reply_json(request, _load_reply(chat.model, "chat", keep))
             return
-        _check_can_generate(resolved, "chat")
-        translate = translated_once(
-            lambda dialect: ("chat/completions", chat_to_openai(chat, resolved.backend_id, dialect))
-        )
-        translate(resolved.client.dialect)  # a bad request fails here, before any backend is tried
-        self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="chat",
-            translate=translate,
+            translate=lambda dialect: (
+                "chat/completions",
+                chat_to_openai(chat, resolved.backend_id, dialect),
+            ),
+            keep=keep,
             stream=chat.stream,
-            thinking=wants_thinking(chat.think),
+            think=chat.think,
         )
 
 
@@ -310,17 +315,12 @@ class GenerateResource(GenerationHandler):
             self.app.recent.touch(resolved, keep)
             reply_json(request, _load_reply(generate.model, "generate", keep))
             return
-        _check_can_generate(resolved, "generate")
-        translate = translated_once(
-            lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect)
-        )
-        translate(resolved.client.dialect)  # a bad request fails here, before any backend is tried
-        self.app.recent.touch(resolved, keep)
         await self.complete(
             request,
             resolved,
             kind="generate",
-            translate=translate,
+            translate=lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect),
+            keep=keep,
             stream=generate.stream,
-            thinking=wants_thinking(generate.think),
+            think=generate.think,
         )
