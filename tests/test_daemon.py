@@ -22,6 +22,8 @@ import pytest
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
+from tests.twistd_measured import twistd_command
+
 ROOT = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).with_name("twistd")
 
@@ -139,20 +141,14 @@ def test_twistd_serves_the_ollama_sdk(backend_process: str, tmp_path: Path) -> N
     model_map = tmp_path / "map.json"
     model_map.write_text(json.dumps({"qwen": "Qwen/Qwen2.5-7B-Instruct"}))
     daemon = Child(
-        [
-            sys.executable,
-            "-m",
-            "tests.twistd_measured",
-            "-n",
-            "--pidfile=",
-            "ollamaproxy",
+        twistd_command(
             "--backend",
             backend_process,
             "--listen",
             "tcp:0:interface=127.0.0.1",
             "--model-map",
             str(model_map),
-        ],
+        ),
         _env(OPENAI_API_KEY="sk-never-logged"),
     )
     try:

@@ -17,6 +17,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.test_daemon import Child, _env
+from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -29,19 +30,7 @@ def _backend(*extra: str) -> Child:
 
 def _daemon(backend_url: str, *extra: str, **env: str) -> tuple[Child, str]:
     child = Child(
-        [
-            sys.executable,
-            "-m",
-            "tests.twistd_measured",
-            "-n",
-            "--pidfile=",
-            "ollamaproxy",
-            "--backend",
-            backend_url,
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-            *extra,
-        ],
+        twistd_command("--backend", backend_url, "--listen", "tcp:0:interface=127.0.0.1", *extra),
         _env(**env),
     )
     url = child.wait_for(r"listening on (http://\S+)").group(1)

