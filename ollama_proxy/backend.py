@@ -17,6 +17,7 @@ from urllib.parse import unquote, urlsplit, urlunsplit
 import treq
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
+from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.internet.interfaces import IDelayedCall, IReactorTime
@@ -124,6 +125,25 @@ class _Unobserved:
         """Nobody is listening."""
 
 
+class NoCookies(IndexableCookieJar):
+    """treq's cookie jar, kept empty.
+
+    treq keeps one jar per client and sends its cookies with every later request.  Here every Ollama
+    client's requests share the one backend client, so a cookie the backend sets would ride along with
+    everybody's requests: a load balancer's affinity cookie in front of several vLLM replicas would pin
+    the whole daemon to one of them.
+    """
+
+    def add_cookie_header(self, request: Any) -> None:
+        """No cookie goes to the backend."""
+
+    def extract_cookies(self, response: Any, request: Any) -> None:
+        """None is kept."""
+
+    def set_cookie(self, cookie: Any) -> None:
+        """None is kept."""
+
+
 class BackendClient:
     """Calls the backend under ``base_url`` (e.g. ``http://gpu1:8000/v1``) through one pool, with a
     response-headers timeout, retries before anything reaches the client, and a circuit breaker."""
@@ -173,7 +193,7 @@ class BackendClient:
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.
         self.pool.cachedConnectionTimeout = 4
         agent = Agent(reactor, pool=self.pool, connectTimeout=connect_timeout)
-        self.http = HTTPClient(agent)
+        self.http = HTTPClient(agent, cookiejar=NoCookies())
         self._urls: dict[str, EncodedURL] = {}
 
     def url(self, path: str) -> EncodedURL:

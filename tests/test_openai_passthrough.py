@@ -887,3 +887,20 @@ async def test_client_leaving_before_the_backend_answers_stops_it(proxy: Running
     assert client.transport is not None
     client.transport.loseConnection()
     await eventually(lambda: proxy.backend.disconnects == 1)
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_cookie_is_never_sent_back(proxy: RunningProxy, http: HTTPClient) -> None:
+    """One backend client serves every Ollama client: a cookie it kept (a load balancer's affinity cookie,
+    say) would ride along with everybody's requests and pin them all to one replica."""
+    backend = proxy.backend
+    backend.extra_headers = {"set-cookie": "route=replica-2; Path=/"}
+    chat = {"model": "qwen", "messages": [{"role": "user", "content": "x"}], "stream": False}
+    for _ in range(2):
+        response = await http.post(proxy.url + "/api/chat", json=chat)
+        assert response.code == 200
+        await response.content()
+    response = await http.get(proxy.url + "/v1/models")
+    assert response.headers.getRawHeaders("set-cookie") == ["route=replica-2; Path=/"]  # the client's own
+    await response.content()
+    assert [r.headers.get("cookie") for r in backend.requests[-3:]] == [None, None, None]
