@@ -273,7 +273,7 @@ class BackendClient:
             outcome = await self._attempt(method, path, body, request_id, headers, first=attempt == 0)
             if isinstance(outcome, BackendError):
                 # A first attempt the backend closed unanswered most likely went out on a kept-alive
-                # connection it had just timed out (see _attempt): the retry goes at once.
+                # connection it was closing (see _attempt): the retry goes at once.
                 stale = attempt == 0 and _closed_unanswered(outcome)
                 delay = 0.0 if stale else self.retry.backoff(attempt, self._rng)
             elif outcome.code not in RETRYABLE_STATUSES:
@@ -304,10 +304,11 @@ class BackendClient:
     ) -> IResponse | BackendError:
         """One attempt through the breaker: the response, or a failure worth retrying (others raise).
 
-        Servers close kept-alive connections after a few idle seconds (llama.cpp's and uvicorn's, so
-        vLLM's: 5 s), and a request written just as that happens is closed unanswered.  On a first
-        attempt that says nothing about the backend's health: after an idle spell a burst of requests
-        meets a pool of such connections, and counting each would open the breaker.
+        A request that goes out on a kept-alive connection the server is closing is closed unanswered.
+        llama.cpp's server closes every connection that carried a streamed reply, without saying so in
+        the reply, so the next request on it meets exactly that; uvicorn (so vLLM) closes connections
+        idle for 5 s.  On a first attempt that says nothing about the backend's health, and a burst of
+        requests can meet several such connections at once: counting each would open the breaker.
         """
         try:
             probe = self.breaker.before_request()

@@ -338,8 +338,8 @@ class FakeBackend:
         self._clock = reactor
         self._failures: deque[_Failure] = deque()
         # When set, a request is closed unanswered (a clean close) the first time its X-Request-ID is
-        # seen: as a keep-alive server closes an idle connection just as a request arrives on it, while
-        # the request's retry is answered.
+        # seen, as llama.cpp's server does to a request on a connection that carried a stream; the
+        # request's retry is answered.
         self.close_first_attempts = False
         self._attempted: set[str] = set()
         self._streams: set[_SSEStream] = set()

@@ -292,9 +292,9 @@ async def test_clients_leaving_before_the_headers_do_not_trip_the_breaker(tight:
 async def test_a_request_closed_unanswered_is_sent_again_at_once(
     tight: RunningProxy, http: HTTPClient, body: dict[str, Any]
 ) -> None:
-    """llama.cpp and uvicorn close a kept-alive connection after 5 idle seconds; a request written as
-    that happens is closed unanswered. Against real llama.cpp, 10 of 30 chats sent 5 s after the last
-    one got a 502 ("the backend closed the connection") before this was retried."""
+    """llama.cpp's server closes every connection that carried a stream, and the next request sent on
+    it is closed unanswered: against real llama.cpp, 10 of 30 chats sent right after a stream got a 502
+    ("the backend closed the connection") before this was retried."""
     tight.backend.close_first_attempts = True
     response = await http.post(tight.url + "/api/chat", json=body)
     assert response.code == 200
@@ -308,11 +308,11 @@ async def test_a_request_closed_unanswered_is_sent_again_at_once(
 
 
 @pytest_twisted.ensureDeferred
-async def test_a_burst_on_connections_the_backend_timed_out_does_not_open_the_breaker(
+async def test_a_burst_on_connections_the_backend_is_closing_does_not_open_the_breaker(
     fake_backend: FakeBackend, http: HTTPClient
 ) -> None:
-    """After an idle spell every pooled connection may be stale at once: eight concurrent requests each
-    closed unanswered once are all answered, and the breaker (threshold 3) stays closed."""
+    """Several pooled connections can be closing at once (each carried a stream, say): eight concurrent
+    requests each closed unanswered once are all answered, and the breaker (threshold 3) stays closed."""
     running = await start_proxy(
         fake_backend, fake_backend.base_url, api_key="sk-test-secret", breaker_threshold=3, retries=1
     )
