@@ -43,6 +43,7 @@ from ollama_proxy.resilience import (
     retry_after_seconds,
 )
 from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.replies import compact_json
 
 # Error bodies are read only this far: enough for any real message, bounded against a hostile backend.
 MAX_ERROR_BODY = 64 * 1024
@@ -421,7 +422,7 @@ class BackendClient:
     async def post_json(
         self, path: str, payload: Any, *, request_id: str | None = None, retry: bool = True
     ) -> Any:
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        body = compact_json(payload)
         response = await self.request("POST", path, body=body, request_id=request_id, retry=retry)
         return await self.json_body(response)
 

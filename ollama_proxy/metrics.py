@@ -194,9 +194,14 @@ def gauge(name: str, documentation: str, value: float, labels: dict[str, str] | 
     return family
 
 
+# One object for the process's life: psutil measures cpu_percent against the same object's previous
+# call, so a new one per scrape always read 0.0.
+_THIS_PROCESS = psutil.Process()
+
+
 def _process_extras() -> Iterator[Metric]:
     """What the standard process collector lacks: threads, connections, CPU use, via psutil."""
-    process = psutil.Process()
+    process = _THIS_PROCESS
     with process.oneshot():
         yield gauge("process_threads", "Threads of the daemon process.", process.num_threads())
         yield gauge("process_open_files", "Regular files the daemon holds open.", len(process.open_files()))

@@ -78,7 +78,6 @@ class StreamRelay(TwistedProtocol):
         # How the stream is being ended early: _QUIET (client gone, or the stream carried its own error)
         # or the error to end the response with.  None while the stream runs.
         self._ending: ProxyError | None = None
-        self.bytes_out = 0
         # Fires when the relay is finished with the request, whichever way the stream ended.
         # Cancelling it (the handler's Deferred is cancelled on disconnect) drops the backend connection.
         self.done: Deferred[None] = Deferred(lambda _: self._abort(_QUIET))
@@ -180,7 +179,6 @@ class StreamRelay(TwistedProtocol):
 
     def _write(self, data: bytes) -> None:
         if not client_gone(self._request):
-            self.bytes_out += len(data)
             self._request.write(data)
 
     def _fail(self, error: ProxyError) -> None:

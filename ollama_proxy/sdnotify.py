@@ -98,7 +98,6 @@ class SystemdNotifier(Service):
         self._listening = list(listening)
         self._environ = environ
         self._watchdog: LoopingCall | None = None
-        self.sent: list[str] = []  # what went out, for tests and logs
 
     def startService(self) -> None:
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
@@ -123,8 +122,7 @@ class SystemdNotifier(Service):
         """A listener failed: ListeningService reports it and stops the reactor; no READY=1."""
 
     def _send(self, state: str) -> None:
-        if sd_notify(state, self._environ):
-            self.sent.append(state)
+        sd_notify(state, self._environ)
 
     def stopService(self) -> None:
         super().stopService()  # type: ignore[no-untyped-call]

@@ -23,6 +23,7 @@ from ollama_proxy.errors import BackendError, ConfigError, Overloaded
 from ollama_proxy.metrics import gauge
 from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
+from ollama_proxy.sdnotify import describe
 from ollama_proxy.site import ProxySite
 from ollama_proxy.web import end_request
 
@@ -67,7 +68,7 @@ class ListeningService(Service):
     def _listening(self, port: IListeningPort) -> None:
         self.port = port
         address = port.getHost()
-        log.info("ollama-proxy listening on {address}", address=_describe(address), endpoint=self.description)
+        log.info("ollama-proxy listening on {address}", address=describe(address), endpoint=self.description)
         self.listening.callback(port)
 
     def _cannot_listen(self, failure: Failure) -> None:
@@ -86,14 +87,6 @@ class ListeningService(Service):
             return None
         port, self.port = self.port, None
         return port.stopListening()
-
-
-def _describe(address: Any) -> str:
-    host = getattr(address, "host", None)
-    port = getattr(address, "port", None)
-    if host is not None and port is not None:
-        return f"http://{host}:{port}" if ":" not in host else f"http://[{host}]:{port}"
-    return str(getattr(address, "name", address))
 
 
 class ProxyService(MultiService):

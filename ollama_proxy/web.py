@@ -18,6 +18,7 @@ from twisted.python.failure import Failure
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET, Request
 
+from ollama_proxy.catalog import keep_alive_seconds
 from ollama_proxy.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from ollama_proxy.translate.replies import compact_json, ndjson_line
 
@@ -209,3 +210,11 @@ class Directory(Resource):
 
     def render(self, request: Request) -> Any:
         return NotFoundResource().render(request)
+
+
+def read_keep_alive(value: Any) -> float:
+    """A request's ``keep_alive`` in seconds; a string that is not a duration is the client's 400."""
+    try:
+        return keep_alive_seconds(value)
+    except ValueError as exc:
+        raise BadRequest(str(exc)) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 import ollama
@@ -232,6 +233,9 @@ async def test_keep_alive_sets_expiry_in_ps(proxy: RunningProxy) -> None:
     await in_thread(_sdk_chat, proxy.url, False, keep_alive="1h")
     models = (await in_thread(lambda: ollama.Client(host=proxy.url).ps())).models
     assert [m.model for m in models] == ["qwen:latest"]
+    assert models[0].expires_at is not None
+    left = models[0].expires_at - datetime.now(timezone.utc)
+    assert timedelta(minutes=59) < left <= timedelta(hours=1)
 
 
 @pytest.mark.parametrize(
@@ -605,3 +609,19 @@ async def test_langchain_bind_tools_and_structured_output(proxy: RunningProxy) -
     structured = await in_thread(_langchain_structured, proxy.url)
     assert structured.answer == "hi"
     assert chat_requests(proxy.backend)[-1]["response_format"]["type"] == "json_schema"
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["json", "stream"])
+@pytest_twisted.ensureDeferred
+async def test_a_lone_surrogate_in_a_prompt_reaches_the_backend(
+    proxy: RunningProxy, http: HTTPClient, stream: bool
+) -> None:
+    """JSON readers accept half of an emoji's escape pair ("\\ud83d"); it cannot be UTF-8, so the body to
+    the backend carries it escaped, streaming or not."""
+    body = b'{"model": "qwen", "messages": [{"role": "user", "content": "hi \\ud83d"}], "stream": %s}' % (
+        b"true" if stream else b"false"
+    )
+    response = await http.post(proxy.url + "/api/chat", data=body)
+    assert response.code == 200
+    await response.content()
+    assert proxy.backend.requests[-1].json["messages"][-1]["content"] == "hi \ud83d"

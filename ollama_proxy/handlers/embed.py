@@ -9,12 +9,11 @@ from __future__ import annotations
 
 import time
 from collections.abc import Sequence
-from typing import Any
 
 from twisted.web.server import Request
 
 from ollama_proxy.app import App
-from ollama_proxy.catalog import Resolved, keep_alive_seconds
+from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound, NotFound
 from ollama_proxy.failover import on_replicas
 from ollama_proxy.schemas import EmbeddingsRequest, EmbedRequest, structure
@@ -28,14 +27,7 @@ from ollama_proxy.translate.embeddings import (
     shape_vector,
     sum_tokens,
 )
-from ollama_proxy.web import Handler, note_model, note_usage, read_json, reply_json
-
-
-def _keep_alive(value: Any) -> float:
-    try:
-        return keep_alive_seconds(value)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
+from ollama_proxy.web import Handler, note_model, note_usage, read_json, read_keep_alive, reply_json
 
 
 class EmbeddingHandler(Handler):
@@ -93,7 +85,7 @@ class EmbedResource(EmbeddingHandler):
             raise BadRequest(str(exc)) from None
         resolved = await self.app.catalog.resolve(embed.model)
         note_model(request, resolved)
-        self.app.recent.touch(resolved, _keep_alive(embed.keep_alive))
+        self.app.recent.touch(resolved, read_keep_alive(embed.keep_alive))
         if not inputs:
             # Ollama's load request: nothing to embed, and no metrics.
             reply_json(request, {"model": embed.model, "embeddings": []})
@@ -113,7 +105,7 @@ class EmbeddingsResource(EmbeddingHandler):
         legacy = structure(read_json(request), EmbeddingsRequest)
         if not legacy.model:
             raise BadRequest("model is required")
-        keep = _keep_alive(legacy.keep_alive)
+        keep = read_keep_alive(legacy.keep_alive)
         try:
             resolved = await self.app.catalog.resolve(legacy.model)
             note_model(request, resolved)

@@ -10,13 +10,13 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any
 
 from twisted.logger import Logger
 from twisted.web.server import Request
 
 from ollama_proxy.app import App
-from ollama_proxy.catalog import Resolved, keep_alive_seconds
+from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import (
     BackendError,
     BackendRejected,
@@ -27,19 +27,26 @@ from ollama_proxy.failover import on_replicas
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
 from ollama_proxy.sse import SSEDecoder, SSEEvent
-from ollama_proxy.translate.chat import chat_to_openai, generate_to_openai
+from ollama_proxy.translate.chat import CHAT_ENDPOINT, chat_to_openai, generate_to_openai
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import (
     Instant,
+    Kind,
     StreamTranslator,
     compact_json,
     completion_to_reply,
     ndjson_line,
 )
 from ollama_proxy.translate.timestamps import rfc3339_utc
-from ollama_proxy.web import NDJSON_TYPE, Handler, note_model, note_usage, read_json, reply_json
-
-Kind = Literal["chat", "generate"]
+from ollama_proxy.web import (
+    NDJSON_TYPE,
+    Handler,
+    note_model,
+    note_usage,
+    read_json,
+    read_keep_alive,
+    reply_json,
+)
 
 log = Logger(namespace="ollama_proxy.generation")
 
@@ -110,13 +117,6 @@ class NDJSONTransform:
 
     def fail(self, message: str) -> bytes:
         return ndjson_line({"error": message})
-
-
-def _keep_alive(value: Any) -> float:
-    try:
-        return keep_alive_seconds(value)
-    except ValueError as exc:
-        raise BadRequest(str(exc)) from None
 
 
 def _check_can_generate(resolved: Resolved, verb: str) -> None:
@@ -214,7 +214,7 @@ class GenerationHandler(Handler):
                 # only without token counts.
                 body = {key: value for key, value in body.items() if key != "stream_options"}
                 response = await client.request(
-                    "POST", endpoint, body=compact_json(body), request_id=request_id
+                    "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
                 )
                 await client.raise_for_status(response)
         except BackendRejected as error:
@@ -283,7 +283,7 @@ class ChatResource(GenerationHandler):
             raise BadRequest("model is required")
         resolved = await self.app.catalog.resolve(chat.model)
         note_model(request, resolved)
-        keep = _keep_alive(chat.keep_alive)
+        keep = read_keep_alive(chat.keep_alive)
         if not chat.messages:
             self.app.recent.touch(resolved, keep)
             reply_json(request, _load_reply(chat.model, "chat", keep))
@@ -293,7 +293,7 @@ class ChatResource(GenerationHandler):
             resolved,
             kind="chat",
             translate=lambda dialect: (
-                "chat/completions",
+                CHAT_ENDPOINT,
                 chat_to_openai(chat, resolved.backend_id, dialect),
             ),
             keep=keep,
@@ -310,7 +310,7 @@ class GenerateResource(GenerationHandler):
             raise ModelNotFound("")
         resolved = await self.app.catalog.resolve(generate.model)
         note_model(request, resolved)
-        keep = _keep_alive(generate.keep_alive)
+        keep = read_keep_alive(generate.keep_alive)
         if not generate.prompt and not generate.images and not generate.suffix:
             self.app.recent.touch(resolved, keep)
             reply_json(request, _load_reply(generate.model, "generate", keep))

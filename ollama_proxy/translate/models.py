@@ -18,7 +18,6 @@ import attrs
 
 from ollama_proxy.translate.timestamps import ZERO_TIME
 
-CHAT_CAPABILITIES = ("completion", "tools")
 EMBEDDING_CAPABILITIES = ("embedding",)
 KNOWN_CAPABILITIES = frozenset(
     {"completion", "tools", "insert", "vision", "embedding", "thinking", "image", "audio"}
