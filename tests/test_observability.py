@@ -18,7 +18,7 @@ from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
 from ollama_proxy.logs import event_as_json
-from ollama_proxy.metrics import endpoint_label
+from ollama_proxy.metrics import endpoint_label, model_label
 from tests.conftest import RunningProxy, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
@@ -87,6 +87,11 @@ async def test_unknown_models_fold_into_one_label(proxy: RunningProxy, http: HTT
     assert response.code == 404
     text = await (await http.get(proxy.url + "/metrics")).text()
     assert "made-up-123" not in text
+    # A 404 records no per-model series at all, so the fold itself is checked directly.
+    assert model_label(lambda _: False, "made-up-123") == "unknown"
+    assert model_label(lambda model: model == "Qwen/Qwen2.5-7B-Instruct", "Qwen/Qwen2.5-7B-Instruct") == (
+        "Qwen/Qwen2.5-7B-Instruct"
+    )
 
 
 @pytest.mark.parametrize(

@@ -382,6 +382,7 @@ async def test_sdk_stream_gets_the_usage_chunk_byte_for_byte(proxy: RunningProxy
     assert raw.endswith(b"data: [DONE]\n\n")
     assert content_type == "text/event-stream; charset=utf-8"  # SSE stays SSE
 
+    assert len(backend_posts(backend, "/v1/chat/completions")) == 2
     for sent in backend_posts(backend, "/v1/chat/completions"):
         assert sent["model"] == BACKEND_ID  # the alias became the backend id
         assert sent["stream_options"] == {"include_usage": True}
