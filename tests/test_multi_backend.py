@@ -12,6 +12,8 @@ import ollama
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
+from twisted.internet import defer
+from twisted.internet.task import deferLater
 
 from ollama_proxy.config import BackendConfig, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
@@ -19,7 +21,7 @@ from ollama_proxy.service import ProxyService
 from ollama_proxy.tap import Options
 from ollama_proxy.translate.dialect import Dialect
 from tests.conftest import in_thread, reactor, read_json
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import ChatScript, FakeBackend
 
 SHARED = "shared/chat-model"
 
@@ -106,13 +108,25 @@ async def test_a_shared_model_is_spread_and_survives_a_dead_replica(fleet: Fleet
         assert (await http.post(fleet.url + "/api/chat", json=body)).code == 200
     # Least in flight, ties to the first: with sequential requests the first replica takes them.
     assert _calls(fleet.chat, "/chat/completions") == 4
+    # While a slow stream holds the first replica, the next request goes to the idle one.
+    fleet.chat.script = ChatScript(event_delay=0.2)
+    slow = defer.ensureDeferred(http.post(fleet.url + "/api/chat", json={**body, "stream": True}))
+    for _ in range(200):
+        if fleet.chat.open_streams:
+            break
+        await deferLater(reactor(), 0.01)
+    assert fleet.chat.open_streams == 1
+    assert (await http.post(fleet.url + "/api/chat", json=body)).code == 200
+    assert (_calls(fleet.chat, "/chat/completions"), _calls(fleet.embed, "/chat/completions")) == (5, 1)
+    await (await slow).content()
+    fleet.chat.script = ChatScript()
     await fleet.chat.stop()  # one replica dies
     response = await http.post(fleet.url + "/api/chat", json=body)
     assert (await read_json(response))["message"]["content"] == "Hello!"
     response = await http.post(fleet.url + "/api/chat", json={**body, "stream": True})
     lines = [json.loads(line) for line in (await response.text()).splitlines()]
     assert "".join(line["message"]["content"] for line in lines) == "Hello!"
-    assert _calls(fleet.embed, "/chat/completions") == 2
+    assert _calls(fleet.embed, "/chat/completions") == 3
     ready = await http.get(fleet.url + "/ready")
     status = await read_json(ready)
     assert ready.code == 200  # one backend still serves
