@@ -47,12 +47,19 @@ endif
 # systemd-analyze and systemd-socket-activate, for the tests of the unit files and of socket activation:
 # installed with apt-get where that is possible (root on Debian or Ubuntu); elsewhere those tests skip.
 .PHONY: test-tools
+# Where systemd can be installed (root, apt-get) a failed install stops `make test`, so that CI never
+# passes with the unit-file and socket-activation tests skipped; elsewhere those tests skip, saying why.
 test-tools:
-	@command -v systemd-analyze >/dev/null 2>&1 && command -v systemd-socket-activate >/dev/null 2>&1 \
-	  || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 \
-	       && { apt-get install -y -qq systemd >/dev/null 2>&1 \
-	            || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq systemd >/dev/null 2>&1; }; }; } \
-	  || echo "make test: systemd tools not installed; the unit-file and socket-activation tests will skip"
+	@if ! { command -v systemd-analyze && command -v systemd-socket-activate; } >/dev/null 2>&1; then \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then \
+	    apt-get install -y -qq systemd >/dev/null 2>&1 \
+	    || { apt-get update -qq >/dev/null 2>&1 && apt-get install -y -qq systemd >/dev/null 2>&1; } \
+	    || { echo "make test: apt-get could not install systemd (unit-file and socket-activation tests)" >&2; \
+	         exit 1; }; \
+	  else \
+	    echo "make test: systemd tools missing (not root, or no apt-get); the unit-file and socket-activation tests will skip"; \
+	  fi; \
+	fi
 
 test: $(VENV)/.test test-tools
 	$(BIN)/ruff format --check .
