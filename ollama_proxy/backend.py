@@ -34,6 +34,7 @@ from twisted.web.iweb import IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
+from ollama_proxy.json_codec import compact_json
 from ollama_proxy.resilience import (
     RETRYABLE_STATUSES,
     BackendCircuitOpen,
@@ -43,7 +44,6 @@ from ollama_proxy.resilience import (
     retry_after_seconds,
 )
 from ollama_proxy.translate.dialect import Dialect
-from ollama_proxy.translate.replies import compact_json
 
 # Error bodies are read only this far: enough for any real message, bounded against a hostile backend.
 MAX_ERROR_BODY = 64 * 1024
@@ -62,27 +62,6 @@ def redact_url(url: str) -> str:
     if parts.port:
         host = f"{host}:{parts.port}"
     return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
-
-
-def backend_status(status: int) -> int:
-    """The status a client sees for a backend HTTP error.
-
-    The backend's own auth failures are the operator's problem, not the client's (a 401 would make
-    Ollama clients think *they* need a key), so they become 502; server faults become 502 as a gateway
-    reports them; the rest keep their meaning, 501 included (the backend does not serve that kind of
-    request at all, which says nothing about its health).
-    """
-    if status in (401, 403, 407):
-        return 502
-    if status == 422:
-        return 400
-    if status == 408:
-        return 504
-    if status in (400, 404, 409, 413, 429, 501, 502, 503, 504):
-        return status  # 501: a server that does not do this at all (llama.cpp asked for embeddings)
-    if status >= 500:
-        return 502
-    return 400 if 400 <= status < 500 else 502
 
 
 def error_message(body: bytes, status: int) -> str:
@@ -391,7 +370,7 @@ class BackendClient:
             return
         body = await self.read_body(response, MAX_ERROR_BODY)
         message = self.scrub(error_message(body, response.code))
-        raise BackendRejected(message, backend_status(response.code), backend_status=response.code)
+        raise BackendRejected.from_backend(message, response.code)
 
     async def read_body(self, response: IResponse, limit: int) -> bytes:
         """The whole body, up to ``limit`` bytes (the connection is dropped beyond that)."""

@@ -12,10 +12,10 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from twisted.logger import Logger
-from twisted.web.server import Request
 
 from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import BackendError, BackendRejected, Overloaded, ProxyError
+from ollama_proxy.site import ProxyRequest
 
 log = Logger(namespace="ollama_proxy.failover")
 
@@ -30,7 +30,7 @@ def worth_another(error: ProxyError) -> bool:
 
 
 async def on_replicas(
-    request: Request, resolved: Resolved, attempt: Callable[[Resolved, bool], Awaitable[T]]
+    request: ProxyRequest, resolved: Resolved, attempt: Callable[[Resolved, bool], Awaitable[T]]
 ) -> T:
     """``attempt(resolved_on_one_replica, last)`` on each replica until one succeeds; ``last`` says
     whether this is the final replica (the one that should retry in place)."""
@@ -44,7 +44,7 @@ async def on_replicas(
                 raise
             log.info(
                 "{request_id} {backend} failed ({why}); trying {next}",
-                request_id=getattr(request, "request_id", "-"),
+                request_id=request.exchange.request_id,
                 backend=client.name,
                 why=error.message,
                 next=replicas[index + 1].name,

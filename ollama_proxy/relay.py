@@ -22,11 +22,10 @@ from twisted.internet.protocol import connectionDone
 from twisted.python.failure import Failure
 from twisted.web.client import ResponseDone
 from twisted.web.http import PotentialDataLoss
-from twisted.web.server import Request
 from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendTimeout, Overloaded, ProxyError
-from ollama_proxy.web import client_gone, finish, reply_error
+from ollama_proxy.site import ProxyRequest
 
 # The ending that adds nothing to the response: the client is gone, or the stream carried its own error.
 _QUIET = ProxyError("")
@@ -35,14 +34,17 @@ _QUIET = ProxyError("")
 class StreamTransform(Protocol):
     """What the relay asks of an endpoint: bytes in, bytes out, and how a stream ends.
 
-    ``feed`` returns what to write for one upstream read (often ``b""``); ``end`` the closing bytes when the
-    backend body ends normally; ``fail`` the closing bytes when it breaks after output has started (for
-    NDJSON an ``{"error": ...}`` line, never a fake ``done``).  ``failed`` turns true when the stream itself
-    carried an error event: the relay then stops reading and ends the response.
+    ``start`` returns what to write as soon as the backend's body begins (an event stream's opening
+    events; often ``b""``); ``feed`` what to write for one upstream read (often ``b""``); ``end`` the
+    closing bytes when the backend body ends normally; ``fail`` the closing bytes when it breaks after
+    output has started (the API family's broken-stream ending, never a fake ``done``).  ``failed`` turns
+    true when the stream itself carried an error event: the relay then stops reading and ends the response.
     """
 
     @property
     def failed(self) -> bool: ...
+
+    def start(self) -> bytes: ...
 
     def feed(self, data: bytes) -> bytes: ...
 
@@ -55,19 +57,16 @@ class StreamTransform(Protocol):
 class StreamRelay(TwistedProtocol):
     def __init__(
         self,
-        request: Request,
+        request: ProxyRequest,
         transform: StreamTransform,
         clock: IReactorTime,
         *,
         stall_timeout: float,
         idle_timeout: float,
-        error_reply: Callable[[Request, ProxyError], None] = reply_error,
         before_finish: Callable[[], None] | None = None,
     ) -> None:
         self._request = request
         self._transform = transform
-        # How a failure before any output is answered: Ollama's error body, or OpenAI's on /v1.
-        self._error_reply = error_reply
         self._clock = clock
         self._before_finish = before_finish
         self._stall_timeout = stall_timeout
@@ -85,12 +84,15 @@ class StreamRelay(TwistedProtocol):
     # -- the backend body (IProtocol) ------------------------------------------------------------------
 
     def connectionMade(self) -> None:
-        self._request.relay = self  # type: ignore[attr-defined]  # found by a graceful shutdown
-        if client_gone(self._request):
+        self._request.exchange.relay = self  # found by a graceful shutdown
+        if self._request.gone:
             self._abort(_QUIET)
             return
         self._request.registerProducer(self, True)
         self._arm_idle()
+        opening = self._transform.start()
+        if opening:
+            self._write(opening)
 
     def dataReceived(self, data: bytes) -> None:
         if self._ending is not None:
@@ -100,15 +102,18 @@ class StreamRelay(TwistedProtocol):
         if out:
             self._write(out)
         if self._transform.failed:
-            self._request.stream_error = True  # type: ignore[attr-defined]
+            self._request.exchange.stream_failed = True
             self._abort(_QUIET)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()
         self._last_word()
-        if not client_gone(self._request):
+        if not self._request.gone:
             if self._ending is None and reason.check(ResponseDone, PotentialDataLoss):
-                self._close(self._transform.end())
+                tail = self._transform.end()
+                if self._transform.failed:  # the body ended, but not as a complete stream does
+                    self._request.exchange.stream_failed = True
+                self._close(tail)
             elif self._ending is None:
                 self._fail(BackendError("the backend connection broke mid-stream"))
             elif self._ending is _QUIET:
@@ -178,15 +183,15 @@ class StreamRelay(TwistedProtocol):
             transport.stopProducing()
 
     def _write(self, data: bytes) -> None:
-        if not client_gone(self._request):
+        if not self._request.gone:
             self._request.write(data)
 
     def _fail(self, error: ProxyError) -> None:
-        self._request.stream_error = True  # type: ignore[attr-defined]  # the access log's outcome
+        self._request.exchange.stream_failed = True  # the access log's outcome
         if not self._request.startedWriting:
             # Nothing sent yet: a real status, as Ollama does before the stream starts.
             self._unregister()
-            self._error_reply(self._request, error)
+            self._request.send_error(error)
             return
         self._close(self._transform.fail(error.message))
 
@@ -194,10 +199,10 @@ class StreamRelay(TwistedProtocol):
         if tail:
             self._write(tail)
         self._unregister()
-        finish(self._request)
+        self._request.finish_response()
 
     def _unregister(self) -> None:
-        if not client_gone(self._request) and self._request.producer is not None:
+        if not self._request.gone and self._request.producer is not None:
             self._request.unregisterProducer()
 
     def _arm_idle(self) -> None:

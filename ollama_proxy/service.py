@@ -25,7 +25,6 @@ from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
 from ollama_proxy.sdnotify import describe
 from ollama_proxy.site import ProxySite
-from ollama_proxy.web import end_request
 
 log = Logger(namespace="ollama_proxy.service")
 
@@ -234,7 +233,7 @@ class ProxyService(MultiService):
             return
         log.warn("stopping: ending {count} unfinished requests", count=len(self.site.active))
         for request in list(self.site.active):
-            end_request(request, Overloaded("the server is shutting down"))
+            request.end(Overloaded("the server is shutting down"))
         await _within(self.reactor, self.site.idle(), 2.0)
 
 

@@ -28,8 +28,14 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.access import ALLOWED_HEADERS, ALLOWED_METHODS, ClientKeys, CorsPolicy
+from ollama_proxy.errors import Forbidden, PayloadTooLarge, ProxyError, Unauthorized
+from ollama_proxy.exchange import Exchange, Family, Outcome
 from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
-from ollama_proxy.translate.replies import compact_json
+from ollama_proxy.wire import ollama, openai
+from ollama_proxy.wire.answer import Answer, Wire, json_answer, raw_response
+
+# Each API family's words (wire/): chosen per request from its path.
+WIRES: dict[Family, Wire] = {Family.OLLAMA: ollama.WIRE, Family.OPENAI: openai.WIRE}
 
 access_log = Logger(namespace="ollama_proxy.access")
 
@@ -42,24 +48,17 @@ LINGER_SECONDS = 10.0
 
 
 class ProxyRequest(Request):
-    request_id: str = "-"
-    started: float = 0.0
-    outcome: str = ""
+    """A client request: the gate it passes before any handler runs, its :class:`Exchange` (the one home
+    of per-request state), the one way anything is written back to the client, and the access event
+    once it ends."""
+
     oversized = False
     received = 0
-    # Set by the handler machinery, so a shutdown can end the request properly (web.py, relay.py).
-    render_deferred: Deferred[None] | None = None
-    relay: Any = None
-    # Set by handlers, for the access event and the metrics.
-    model_name: str | None = None
-    backend_model: str | None = None
-    first_token_seconds: float | None = None
-    decode_seconds: float | None = None
-    prompt_tokens: int | None = None
-    completion_tokens: int | None = None
-    stream_error = False
-
     _site: ProxySite | None = None
+
+    def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
+        super().__init__(channel, *args, **kwargs)
+        self.exchange = Exchange()
 
     @property
     def proxy_site(self) -> ProxySite:
@@ -70,12 +69,19 @@ class ProxyRequest(Request):
         return self._site
 
     @property
+    def wire(self) -> Wire:
+        """The API family's words for every answer this request gets."""
+        return WIRES[self.exchange.family]
+
+    @property
     def _transport(self) -> Any:
         return self.channel.transport
 
     # -- before the body: the size limit -------------------------------------------------------------
 
     def gotLength(self, length: int | None) -> None:
+        # The path is known to the channel before the request has it: it decides the error's shape.
+        self.exchange.family = Family.for_path(getattr(self.channel, "_path", b"/"))
         if length is not None and length > self.proxy_site.max_body:
             self._refuse_oversized()
             return
@@ -91,24 +97,21 @@ class ProxyRequest(Request):
         super().handleContentChunk(data)
 
     def _refuse_oversized(self) -> None:
+        """The 413 goes out at once, before the body is read (Twisted's request machinery has not run),
+        and the rest of the body is read and dropped for a while so the client sees it."""
         self.oversized = True
         self.content = io.BytesIO()
-        limit = self.proxy_site.max_body
-        body = compact_json({"error": f"request body too large: the limit is {limit} bytes"})
+        answer = self.wire.error(PayloadTooLarge(self.proxy_site.max_body), self.exchange)
         transport = self._transport
-        transport.write(
-            b"HTTP/1.1 413 Request Entity Too Large\r\n"
-            b"Content-Type: application/json; charset=utf-8\r\n"
-            b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (len(body), body)
-        )
-        self.code = 413
-        self.started = time.monotonic()
+        transport.write(raw_response(answer))
+        self.code = answer.status
+        self.exchange.started = time.monotonic()
         self.proxy_site.clock.callLater(LINGER_SECONDS, transport.loseConnection)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.oversized:
             self.method, self.uri = command, path
-            self._log_access("too_large")
+            self._log_access(Outcome.TOO_LARGE)
             self._transport.loseConnection()
             return
         super().requestReceived(command, path, version)
@@ -116,10 +119,12 @@ class ProxyRequest(Request):
     # -- the request proper ----------------------------------------------------------------------------
 
     def process(self) -> None:
-        self.started = time.monotonic()
+        exchange = self.exchange
+        exchange.started = time.monotonic()
+        exchange.family = Family.for_path(self.path or b"/")
         supplied = (self.getHeader(b"x-request-id") or b"").decode("latin-1")
-        self.request_id = supplied if _SANE_REQUEST_ID.match(supplied) else os.urandom(16).hex()
-        self.setHeader(b"x-request-id", self.request_id.encode())
+        exchange.request_id = supplied if _SANE_REQUEST_ID.match(supplied) else os.urandom(16).hex()
+        self.setHeader(b"x-request-id", exchange.request_id.encode())
         site = self.proxy_site
         self.site = site  # what Request.process() sets first; the early answers below need it too
         if not self._cors(site.cors) or not self._authorized(site.client_keys):
@@ -129,7 +134,7 @@ class ProxyRequest(Request):
             self.content.seek(0)
             body = self.content.read(4096).decode("utf-8", "replace")
             self.content.seek(0)
-            access_log.debug("{request_id} request body: {body}", request_id=self.request_id, body=body)
+            access_log.debug("{request_id} request body: {body}", request_id=exchange.request_id, body=body)
         site.active.add(self)
         super().process()
 
@@ -140,7 +145,7 @@ class ProxyRequest(Request):
             return True
         text = origin.decode("latin-1")
         if not policy.allows(text):
-            self._answer(403, {"error": f"origin {text} is not allowed"})
+            self.send_error(Forbidden(f"origin {text} is not allowed"))
             return False
         self.setHeader(b"access-control-allow-origin", policy.allow_origin_header(text))
         self.setHeader(b"vary", b"Origin")
@@ -148,7 +153,7 @@ class ProxyRequest(Request):
             self.setHeader(b"access-control-allow-methods", ALLOWED_METHODS)
             self.setHeader(b"access-control-allow-headers", ALLOWED_HEADERS)
             self.setHeader(b"access-control-max-age", b"86400")
-            self._answer(204, None)
+            self.send(Answer(204))
             return False
         return True
 
@@ -156,57 +161,106 @@ class ProxyRequest(Request):
         if not keys.enabled or (self.path or b"/") in OPEN_PATHS:
             return True
         if keys.allows(self.getHeader(b"authorization")):
+            self.exchange.client_key = True
             return True
-        self.setHeader(b"www-authenticate", b'Bearer realm="ollama-proxy"')
-        self._answer(401, {"error": "unauthorized: a valid bearer token is required"})
+        self.send_error(Unauthorized("unauthorized: a valid bearer token is required"))
         return False
 
-    def _answer(self, status: int, body: Any) -> None:
-        self.setResponseCode(status)
-        data = b"" if body is None else compact_json(body)
-        if data:
-            self.setHeader(b"content-type", b"application/json; charset=utf-8")
-        self.setHeader(b"content-length", b"%d" % len(data))
-        self.write(data)
+    # -- answering: every byte for the client goes through here ----------------------------------------
+
+    @property
+    def gone(self) -> bool:
+        """True once the client disconnected or the response is complete: nothing may be written any more."""
+        return bool(self.finished) or self.channel is None or bool(getattr(self, "_disconnected", False))
+
+    def finish_response(self) -> None:
+        """``finish()`` raises after a disconnect, when there is nothing left to finish anyway."""
+        if not self.gone:
+            self.finish()
+
+    def send(self, answer: Answer) -> None:
+        """Write a whole answer and finish."""
+        if self.gone:
+            return
+        self.setResponseCode(answer.status)
+        for name, value in answer.headers:
+            self.setHeader(name, value)
+        if answer.content_type is not None:
+            self.setHeader(b"content-type", answer.content_type)
+        self.setHeader(b"content-length", b"%d" % len(answer.body))
+        if answer.body:
+            self.write(answer.body)
         self.finish()
+
+    def send_json(self, body: Any, status: int = 200) -> None:
+        self.send(json_answer(body, status))
+
+    def send_error(self, error: ProxyError) -> None:
+        """Before any output: the error in the family's shape, with its status.  After output began (the
+        status line has gone): the family's closing bytes for a broken stream, never a fake ending."""
+        if self.gone:
+            return
+        if self.startedWriting:
+            self.exchange.stream_failed = True
+            tail = self.wire.broken_stream(error.message)
+            if tail:
+                self.write(tail)
+            self.finish()
+            return
+        self.send(self.wire.error(error, self.exchange))
+
+    def end(self, error: ProxyError) -> None:
+        """End a request in flight from outside its handler (a shutdown): a stream gets ``error`` as its
+        ending, anything else ``error`` as its answer; the handler's work, and its backend call, is
+        cancelled."""
+        exchange = self.exchange
+        if exchange.relay is not None:
+            exchange.relay.shutdown(error.message)
+            return
+        self.send_error(error)
+        if exchange.running is not None:
+            exchange.running.cancel()
 
     # -- the end -------------------------------------------------------------------------------------
 
     def finish(self) -> None:
         super().finish()
-        self._log_access("stream_error" if self.stream_error else "completed")
+        self._log_access(Outcome.STREAM_ERROR if self.exchange.stream_failed else Outcome.COMPLETED)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        self._log_access("client_gone")
+        self._log_access(Outcome.CLIENT_GONE)
 
-    def _log_access(self, outcome: str) -> None:
-        if self.outcome:  # finish() then connectionLost(): one event per request
+    def _log_access(self, outcome: Outcome) -> None:
+        exchange = self.exchange
+        if exchange.outcome is not None:  # finish() then connectionLost(): one event per request
             return
-        self.outcome = outcome
-        duration = time.monotonic() - self.started
+        exchange.outcome = outcome
+        duration = time.monotonic() - exchange.started
         method = (self.method or b"").decode("ascii", "replace")
         path = (self.uri or b"").decode("utf-8", "replace").split("?", 1)[0]
         site = self._site
         if site is not None:
             site.request_ended(self)
             site.record(self, method, duration)
+        ttft = exchange.first_token_seconds
         access_log.info(
             "{request_id} {client} {method} {path} {status} {duration_ms}ms {outcome}"
             " model={model} ttft_ms={ttft_ms} tokens={prompt_tokens}/{completion_tokens}",
-            request_id=self.request_id,
+            request_id=exchange.request_id,
             client=_peer(self),
             method=method,
             path=path,
             status=self.code,
             duration_ms=round(duration * 1000, 1),
-            ttft_ms=None if self.first_token_seconds is None else round(self.first_token_seconds * 1000, 1),
-            model=self.model_name,
-            backend_model=self.backend_model,
-            prompt_tokens=self.prompt_tokens,
-            completion_tokens=self.completion_tokens,
+            ttft_ms=None if ttft is None else round(ttft * 1000, 1),
+            model=exchange.model,
+            backend_model=exchange.backend_model,
+            api=exchange.family.value,
+            prompt_tokens=exchange.prompt_tokens,
+            completion_tokens=exchange.completion_tokens,
             bytes_out=self.sentLength,
-            outcome=outcome,
+            outcome=outcome.value,
         )
 
 
@@ -305,23 +359,24 @@ class ProxySite(Site):
 
     def record(self, request: ProxyRequest, method: str, seconds: float) -> None:
         """Metrics for a request that has ended."""
+        exchange = request.exchange
         endpoint = endpoint_label(request.path or b"/")
         self.metrics.request_ended(
-            endpoint, method, request.code, seconds, gone=request.outcome == "client_gone"
+            endpoint, method, request.code, seconds, gone=exchange.outcome is Outcome.CLIENT_GONE
         )
-        if request.backend_model is not None:
+        if exchange.backend_model is not None:
             self.metrics.generation(
                 endpoint,
-                model_label(self._known_model, request.backend_model),
-                ttft=request.first_token_seconds,
-                prompt_tokens=request.prompt_tokens,
-                completion_tokens=request.completion_tokens,
-                decode_seconds=request.decode_seconds,
+                model_label(self._known_model, exchange.backend_model),
+                ttft=exchange.first_token_seconds,
+                prompt_tokens=exchange.prompt_tokens,
+                completion_tokens=exchange.completion_tokens,
+                decode_seconds=exchange.decode_seconds,
             )
 
     def live_gauges(self) -> list[Metric]:
         """In-flight requests and open streams, counted when Prometheus asks."""
-        streams = sum(1 for request in self.active if request.relay is not None)
+        streams = sum(1 for request in self.active if request.exchange.relay is not None)
         return [
             gauge("requests_in_flight", "Requests being handled now.", len(self.active)),
             gauge("open_streams", "Streaming responses being relayed now.", streams),

@@ -25,9 +25,6 @@ from ollama_proxy.translate.openai import (
     alias_entry,
     backend_target,
     body_model,
-    error_body,
-    error_code,
-    error_type,
     find_alias,
     is_event_stream,
     mapped_name,
@@ -37,9 +34,9 @@ from ollama_proxy.translate.openai import (
     model_path,
     request_headers,
     response_headers,
-    sse_error_event,
     with_model,
 )
+from ollama_proxy.wire.openai import error_body, error_code, error_type, sse_error_event
 from tests.conftest import RunningProxy, in_thread, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.test_chat import eventually

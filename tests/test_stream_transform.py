@@ -10,8 +10,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_proxy.handlers.generation import MAX_BAD_EVENTS, NDJSONTransform
 from ollama_proxy.translate.replies import Instant, StreamTranslator
+from ollama_proxy.translate.stream import MAX_BAD_EVENTS, EventStreamTransform, OllamaStream
 
 
 def _sse(*events: Any, newline: str = "\n") -> bytes:
@@ -93,8 +93,8 @@ def _clock() -> Instant:
 
 
 def _run(data: bytes, cuts: list[int]) -> bytes:
-    transform = NDJSONTransform(
-        StreamTranslator(model="m", kind="chat", started=Instant(1748772000.0, 0)), clock=_clock
+    transform = EventStreamTransform(
+        OllamaStream(StreamTranslator(model="m", kind="chat", started=Instant(1748772000.0, 0))), clock=_clock
     )
     out = b""
     previous = 0

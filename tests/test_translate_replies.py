@@ -20,9 +20,9 @@ from ollama_proxy.translate.replies import (
     StreamTranslator,
     ThinkTagSplitter,
     completion_to_reply,
-    ndjson_line,
 )
 from ollama_proxy.translate.timestamps import rfc3339_utc
+from ollama_proxy.wire.ollama import ndjson_line
 
 CALL_ID = re.compile(r"call_[a-z0-9]{8}")
 CREATED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")

@@ -10,13 +10,12 @@ from __future__ import annotations
 import time
 from collections.abc import Sequence
 
-from twisted.web.server import Request
-
 from ollama_proxy.app import App
 from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound, NotFound
 from ollama_proxy.failover import on_replicas
 from ollama_proxy.schemas import EmbeddingsRequest, EmbedRequest, structure
+from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.embeddings import (
     batches,
     embed_inputs,
@@ -27,7 +26,7 @@ from ollama_proxy.translate.embeddings import (
     shape_vector,
     sum_tokens,
 )
-from ollama_proxy.web import Handler, note_model, note_usage, read_json, read_keep_alive, reply_json
+from ollama_proxy.web import Handler, read_json, read_keep_alive
 
 
 class EmbeddingHandler(Handler):
@@ -36,7 +35,7 @@ class EmbeddingHandler(Handler):
     app: App
 
     async def embed(
-        self, request: Request, resolved: Resolved, inputs: Sequence[str]
+        self, request: ProxyRequest, resolved: Resolved, inputs: Sequence[str]
     ) -> tuple[list[list[float]], int | None]:
         """The backend's raw vectors for ``inputs``, in order, and the prompt tokens it reported."""
 
@@ -46,10 +45,11 @@ class EmbeddingHandler(Handler):
         return await on_replicas(request, resolved, attempt)
 
     async def _embed_on(
-        self, request: Request, resolved: Resolved, inputs: Sequence[str], *, retry: bool
+        self, request: ProxyRequest, resolved: Resolved, inputs: Sequence[str], *, retry: bool
     ) -> tuple[list[list[float]], int | None]:
         client = resolved.client
-        request_id = getattr(request, "request_id", None)
+        request_id = request.exchange.request_id
+        request.exchange.backend = client.name
         vectors: list[list[float]] = []
         counts: list[int | None] = []
         for batch in batches(inputs, self.app.config.embed_batch_size):
@@ -74,7 +74,7 @@ class EmbeddingHandler(Handler):
 
 
 class EmbedResource(EmbeddingHandler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         started = time.monotonic_ns()
         embed = structure(read_json(request), EmbedRequest)
         if not embed.model:
@@ -84,37 +84,37 @@ class EmbedResource(EmbeddingHandler):
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
         resolved = await self.app.catalog.resolve(embed.model)
-        note_model(request, resolved)
+        request.exchange.served(resolved.name, resolved.backend_id)
         self.app.recent.touch(resolved, read_keep_alive(embed.keep_alive))
         if not inputs:
             # Ollama's load request: nothing to embed, and no metrics.
-            reply_json(request, {"model": embed.model, "embeddings": []})
+            request.send_json({"model": embed.model, "embeddings": []})
             return
         raw, prompt_tokens = await self.embed(request, resolved, inputs)
-        note_usage(request, prompt_tokens, None)
+        request.exchange.counted(prompt_tokens, None)
         try:
             vectors = [shape_vector(vector, embed.dimensions) for vector in raw]
         except ValueError as exc:
             raise BackendError(str(exc)) from None
         total_ns = time.monotonic_ns() - started
-        reply_json(request, embed_reply(embed.model, vectors, total_ns=total_ns, prompt_tokens=prompt_tokens))
+        request.send_json(embed_reply(embed.model, vectors, total_ns=total_ns, prompt_tokens=prompt_tokens))
 
 
 class EmbeddingsResource(EmbeddingHandler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         legacy = structure(read_json(request), EmbeddingsRequest)
         if not legacy.model:
             raise BadRequest("model is required")
         keep = read_keep_alive(legacy.keep_alive)
         try:
             resolved = await self.app.catalog.resolve(legacy.model)
-            note_model(request, resolved)
+            request.exchange.served(resolved.name, resolved.backend_id)
             self.app.recent.touch(resolved, keep)
             if not legacy.prompt:
-                reply_json(request, embeddings_reply([]))
+                request.send_json(embeddings_reply([]))
                 return
             (vector,), _ = await self.embed(request, resolved, [legacy.prompt])
         except ModelNotFound:
             # The legacy endpoint words it as Ollama's scheduler does.
             raise NotFound(f'model "{legacy.model}" not found, try pulling it first') from None
-        reply_json(request, embeddings_reply(vector))
+        request.send_json(embeddings_reply(vector))

@@ -7,116 +7,32 @@ this module only reads clocks, calls the backend and hands bytes to the relay.
 
 from __future__ import annotations
 
-import json
 import time
 from collections.abc import Callable
 from typing import Any
 
 from twisted.logger import Logger
-from twisted.web.server import Request
 
 from ollama_proxy.app import App
 from ollama_proxy.catalog import Resolved
-from ollama_proxy.errors import (
-    BackendError,
-    BackendRejected,
-    BadRequest,
-    ModelNotFound,
-)
+from ollama_proxy.errors import BackendRejected, BadRequest, ModelNotFound
 from ollama_proxy.failover import on_replicas
+from ollama_proxy.json_codec import compact_json
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
-from ollama_proxy.sse import SSEDecoder, SSEEvent
+from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.chat import CHAT_ENDPOINT, chat_to_openai, generate_to_openai
 from ollama_proxy.translate.dialect import Dialect
-from ollama_proxy.translate.replies import (
-    Instant,
-    Kind,
-    StreamTranslator,
-    compact_json,
-    completion_to_reply,
-    ndjson_line,
-)
-from ollama_proxy.translate.timestamps import rfc3339_utc
-from ollama_proxy.web import (
-    NDJSON_TYPE,
-    Handler,
-    note_model,
-    note_usage,
-    read_json,
-    read_keep_alive,
-    reply_json,
-)
+from ollama_proxy.translate.replies import Instant, Kind, StreamTranslator, completion_to_reply, ollama_reply
+from ollama_proxy.translate.stream import EventStreamTransform, OllamaStream
+from ollama_proxy.web import Handler, read_json, read_keep_alive
+from ollama_proxy.wire.ollama import NDJSON_TYPE
 
 log = Logger(namespace="ollama_proxy.generation")
-
-# A backend stream event that is not JSON is skipped rather than ending the stream; this many in a row
-# means the backend is not speaking OpenAI SSE at all.
-MAX_BAD_EVENTS = 8
 
 
 def now() -> Instant:
     return Instant(time.time(), time.monotonic_ns())
-
-
-class NDJSONTransform:
-    """Backend SSE bytes → Ollama NDJSON bytes, one write per upstream read."""
-
-    def __init__(self, translator: StreamTranslator, clock: Callable[[], Instant] = now) -> None:
-        self._decoder = SSEDecoder()
-        self._translator = translator
-        self._clock = clock
-        self._bad_events = 0
-        self._broken: str | None = None
-        self._saw_done = False
-
-    @property
-    def failed(self) -> bool:
-        return self._translator.failed or self._broken is not None
-
-    def feed(self, data: bytes) -> bytes:
-        try:
-            events = self._decoder.feed(data)
-        except BackendError as error:  # an event beyond the decoder's size limit
-            self._broken = error.message
-            return ndjson_line({"error": error.message})
-        return self._translate(events)
-
-    def _translate(self, events: list[SSEEvent]) -> bytes:
-        lines: list[bytes] = []
-        for event in events:
-            if event.data == "[DONE]":
-                self._saw_done = True
-                continue
-            try:
-                payload = json.loads(event.data)
-            except ValueError:
-                self._bad_events += 1
-                if self._bad_events >= MAX_BAD_EVENTS:
-                    self._broken = "the backend is not sending OpenAI stream events"
-                    lines.append(ndjson_line({"error": self._broken}))
-                    break
-                continue
-            self._bad_events = 0
-            if isinstance(payload, dict):
-                lines.extend(ndjson_line(chunk) for chunk in self._translator.feed(payload, self._clock()))
-            if self._translator.failed:
-                break
-        return b"".join(lines)
-
-    def end(self) -> bytes:
-        if self.failed:
-            return b""
-        # A last event the backend did not terminate with a blank line still counts.
-        tail = self._translate(self._decoder.close())
-        if self.failed:
-            return tail
-        if not (self._saw_done or self._translator.saw_finish):
-            return tail + self.fail("the backend's stream ended before it was complete")
-        return tail + b"".join(ndjson_line(chunk) for chunk in self._translator.finish(self._clock()))
-
-    def fail(self, message: str) -> bytes:
-        return ndjson_line({"error": message})
 
 
 def _check_can_generate(resolved: Resolved, verb: str) -> None:
@@ -127,14 +43,7 @@ def _check_can_generate(resolved: Resolved, verb: str) -> None:
 
 def _load_reply(model: str, kind: Kind, keep_alive_for: float) -> dict[str, Any]:
     """Ollama's answer to an empty chat/generate: a load (or, with keep_alive 0, an unload) request."""
-    reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(time.time())}
-    if kind == "chat":
-        reply["message"] = {"role": "assistant", "content": ""}
-    else:
-        reply["response"] = ""
-    reply["done"] = True
-    reply["done_reason"] = "unload" if keep_alive_for <= 0 else "load"
-    return reply
+    return ollama_reply(model, kind, now(), done_reason="unload" if keep_alive_for <= 0 else "load")
 
 
 class GenerationHandler(Handler):
@@ -144,7 +53,7 @@ class GenerationHandler(Handler):
 
     async def complete(
         self,
-        request: Request,
+        request: ProxyRequest,
         resolved: Resolved,
         *,
         kind: Kind,
@@ -175,7 +84,7 @@ class GenerationHandler(Handler):
 
     async def _exchange(
         self,
-        request: Request,
+        request: ProxyRequest,
         resolved: Resolved,
         kind: Kind,
         endpoint: str,
@@ -186,41 +95,37 @@ class GenerationHandler(Handler):
         retry: bool = True,
     ) -> None:
         client = resolved.client
-        request_id = getattr(request, "request_id", None)
+        request.exchange.backend = client.name
+        request_id = request.exchange.request_id
         started = now()
+        if not stream:
+            data = await client.post_json(endpoint, body, request_id=request_id, retry=retry)
+            reply = completion_to_reply(
+                data,
+                model=resolved.name,
+                kind=kind,
+                started=started,
+                ended=now(),
+                split_think_tags=thinking,
+            )
+            request.exchange.counted(reply.get("prompt_eval_count"), reply.get("eval_count"))
+            request.send_json(reply)
+            return
         try:
-            if not stream:
-                data = await client.post_json(endpoint, body, request_id=request_id, retry=retry)
-                reply = completion_to_reply(
-                    data,
-                    model=resolved.name,
-                    kind=kind,
-                    started=started,
-                    ended=now(),
-                    split_think_tags=thinking,
-                )
-                note_usage(request, reply.get("prompt_eval_count"), reply.get("eval_count"))
-                reply_json(request, reply)
-                return
-            try:
-                response = await client.request(
-                    "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
-                )
-                await client.raise_for_status(response)
-            except BackendRejected as error:
-                if not _rejects_usage_option(error, body):
-                    raise
-                # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
-                # only without token counts.
-                body = {key: value for key, value in body.items() if key != "stream_options"}
-                response = await client.request(
-                    "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
-                )
-                await client.raise_for_status(response)
+            response = await client.request(
+                "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
+            )
+            await client.raise_for_status(response)
         except BackendRejected as error:
-            if error.backend_status == 404:
-                raise ModelNotFound(resolved.name) from None
-            raise
+            if not _rejects_usage_option(error, body):
+                raise
+            # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
+            # only without token counts.
+            body = {key: value for key, value in body.items() if key != "stream_options"}
+            response = await client.request(
+                "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
+            )
+            await client.raise_for_status(response)
         translator = StreamTranslator(
             model=resolved.name, kind=kind, started=started, split_think_tags=thinking
         )
@@ -228,7 +133,7 @@ class GenerationHandler(Handler):
         config = self.app.config
         relay = StreamRelay(
             request,
-            NDJSONTransform(translator),
+            EventStreamTransform(OllamaStream(translator), now),
             self.app.reactor,
             stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
@@ -238,14 +143,14 @@ class GenerationHandler(Handler):
         await relay.done
 
 
-def _note_stream(request: Request, translator: StreamTranslator, started: Instant) -> None:
+def _note_stream(request: ProxyRequest, translator: StreamTranslator, started: Instant) -> None:
     """Time to first token, decode time and token counts of a finished stream, for logs and metrics."""
-    prompt_tokens, completion_tokens = translator.usage
-    note_usage(request, prompt_tokens, completion_tokens)
+    exchange = request.exchange
+    exchange.counted(*translator.usage)
     first = translator.first_token_at
     if first is not None:
-        request.first_token_seconds = (first.mono_ns - started.mono_ns) / 1e9  # type: ignore[attr-defined]
-        request.decode_seconds = (time.monotonic_ns() - first.mono_ns) / 1e9  # type: ignore[attr-defined]
+        exchange.first_token_seconds = (first.mono_ns - started.mono_ns) / 1e9
+        exchange.decode_seconds = (time.monotonic_ns() - first.mono_ns) / 1e9
 
 
 def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
@@ -277,16 +182,16 @@ def wants_thinking(think: bool | str | None) -> bool:
 
 
 class ChatResource(GenerationHandler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         chat = structure(read_json(request), ChatRequest)
         if not chat.model:
             raise BadRequest("model is required")
         resolved = await self.app.catalog.resolve(chat.model)
-        note_model(request, resolved)
+        request.exchange.served(resolved.name, resolved.backend_id)
         keep = read_keep_alive(chat.keep_alive)
         if not chat.messages:
             self.app.recent.touch(resolved, keep)
-            reply_json(request, _load_reply(chat.model, "chat", keep))
+            request.send_json(_load_reply(chat.model, "chat", keep))
             return
         await self.complete(
             request,
@@ -303,17 +208,17 @@ class ChatResource(GenerationHandler):
 
 
 class GenerateResource(GenerationHandler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         generate = structure(read_json(request), GenerateRequest)
         if not generate.model:
             # Ollama's quirk: generate without a model is a 404, not a 400.
             raise ModelNotFound("")
         resolved = await self.app.catalog.resolve(generate.model)
-        note_model(request, resolved)
+        request.exchange.served(resolved.name, resolved.backend_id)
         keep = read_keep_alive(generate.keep_alive)
         if not generate.prompt and not generate.images and not generate.suffix:
             self.app.recent.touch(resolved, keep)
-            reply_json(request, _load_reply(generate.model, "generate", keep))
+            request.send_json(_load_reply(generate.model, "generate", keep))
             return
         await self.complete(
             request,

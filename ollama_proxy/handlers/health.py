@@ -10,24 +10,25 @@ from __future__ import annotations
 from contextlib import suppress
 
 from prometheus_client import CONTENT_TYPE_LATEST
-from twisted.web.server import Request
 
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.errors import BackendError, Overloaded
 from ollama_proxy.resilience import BreakerState
-from ollama_proxy.web import Handler, reply_json
+from ollama_proxy.site import ProxyRequest
+from ollama_proxy.web import Handler
+from ollama_proxy.wire.answer import Answer
 
 
 class HealthResource(Handler):
-    async def on_get(self, request: Request) -> None:
-        reply_json(request, {"status": "ok"})
+    async def on_get(self, request: ProxyRequest) -> None:
+        request.send_json({"status": "ok"})
 
 
 class ReadyResource(Handler):
     """Ready while at least one backend is: its breaker closed (or due a probe) and its ``/models``
     answered within ``models_ttl``.  The body reports every backend, so a degraded replica shows."""
 
-    async def on_get(self, request: Request) -> None:
+    async def on_get(self, request: ProxyRequest) -> None:
         catalog = self.app.catalog
         due = [client for client in self.app.backends if client.breaker.seconds_until_retry() == 0]
         if due:
@@ -44,7 +45,7 @@ class ReadyResource(Handler):
         if len(self.app.backends) == 1:
             (only,) = backends.values()
             body = {"status": only["status"], **{k: v for k, v in only.items() if k != "status"}}
-        reply_json(request, body, 200 if ready else 503)
+        request.send_json(body, 200 if ready else 503)
 
 
 def _backend_status(client: BackendClient, error: str | None, models: int | None) -> dict[str, object]:
@@ -58,9 +59,5 @@ def _backend_status(client: BackendClient, error: str | None, models: int | None
 
 
 class MetricsResource(Handler):
-    async def on_get(self, request: Request) -> None:
-        body = self.app.metrics.exposition()
-        request.setHeader(b"content-type", CONTENT_TYPE_LATEST.encode())
-        request.setHeader(b"content-length", b"%d" % len(body))
-        request.write(body)
-        request.finish()
+    async def on_get(self, request: ProxyRequest) -> None:
+        request.send(Answer(200, self.app.metrics.exposition(), CONTENT_TYPE_LATEST.encode()))

@@ -10,12 +10,13 @@ from __future__ import annotations
 
 import re
 
-from twisted.web.server import Request
-
 from ollama_proxy.errors import BadRequest, ManagedByBackend
 from ollama_proxy.schemas import CopyRequest, ModelRequest, structure
+from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.models import pull_progress
-from ollama_proxy.web import Handler, read_json, reply_json, reply_ndjson
+from ollama_proxy.web import Handler, read_json
+from ollama_proxy.wire.answer import Answer
+from ollama_proxy.wire.ollama import ndjson_answer
 
 _DIGEST = re.compile(r"^sha256[:-][0-9a-fA-F]{64}$")
 
@@ -27,19 +28,19 @@ def _managed(action: str) -> ManagedByBackend:
 
 
 class PullResource(Handler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         pull = structure(read_json(request), ModelRequest)
         if not pull.requested:
             raise BadRequest("model is required")
         resolved = await self.app.catalog.resolve(pull.requested)
         if pull.stream:
-            reply_ndjson(request, pull_progress(resolved.info))
+            request.send(ndjson_answer(pull_progress(resolved.info)))
         else:
-            reply_json(request, {"status": "success"})
+            request.send_json({"status": "success"})
 
 
 class PushResource(Handler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         push = structure(read_json(request), ModelRequest)
         if not push.requested:
             raise BadRequest("model is required")
@@ -48,19 +49,19 @@ class PushResource(Handler):
 
 
 class CreateResource(Handler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         raise _managed("create")
 
 
 class CopyResource(Handler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         copy = structure(read_json(request), CopyRequest)
         await self.app.catalog.resolve(copy.source)
         raise _managed("copy")
 
 
 class DeleteResource(Handler):
-    async def on_delete(self, request: Request) -> None:
+    async def on_delete(self, request: ProxyRequest) -> None:
         delete = structure(read_json(request), ModelRequest)
         if not delete.requested:
             raise BadRequest("model is required")
@@ -73,17 +74,16 @@ class BlobsResource(Handler):
 
     takes_subpath = True
 
-    def _digest(self, request: Request) -> str:
+    def _digest(self, request: ProxyRequest) -> str:
         digest = b"/".join(request.postpath or []).decode("utf-8", "replace")
         if not _DIGEST.match(digest):
             raise BadRequest("invalid digest format")
         return digest
 
-    async def on_head(self, request: Request) -> None:
+    async def on_head(self, request: ProxyRequest) -> None:
         self._digest(request)
-        request.setResponseCode(404)
-        request.finish()
+        request.send(Answer(404))
 
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         self._digest(request)
         raise _managed("uploading blobs")

@@ -7,23 +7,24 @@ the cached backend model list and never from canned text.
 from __future__ import annotations
 
 from twisted.web.resource import IResource
-from twisted.web.server import Request
 
 from ollama_proxy.catalog import ModelCatalog, local_offset
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.schemas import ModelRequest, structure
+from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate import models
 from ollama_proxy.translate.timestamps import ZERO_TIME, rfc3339_local
-from ollama_proxy.web import Handler, JSONResource, NotFoundResource, read_json, reply_json, reply_text
+from ollama_proxy.web import Handler, JSONResource, NotFoundResource, read_json
+from ollama_proxy.wire.answer import text_answer
 
 
 class RootResource(JSONResource):
     """``GET|HEAD /``: the heartbeat the Go CLI, Enchanted and JetBrains clients probe."""
 
-    async def on_get(self, request: Request) -> None:
-        reply_text(request, "Ollama is running")
+    async def on_get(self, request: ProxyRequest) -> None:
+        request.send(text_answer("Ollama is running"))
 
-    def getChild(self, path: bytes, request: Request) -> IResource:
+    def getChild(self, path: bytes, request: ProxyRequest) -> IResource:
         # "/" arrives as the child b"" of the root; anything else unknown is a JSON 404.
         return self if path == b"" else NotFoundResource()
 
@@ -37,23 +38,23 @@ def modified_at(info: models.ModelInfo, fallback: float) -> str:
 
 
 class VersionResource(Handler):
-    async def on_get(self, request: Request) -> None:
-        reply_json(request, {"version": self.app.config.ollama_version})
+    async def on_get(self, request: ProxyRequest) -> None:
+        request.send_json({"version": self.app.config.ollama_version})
 
 
 class TagsResource(Handler):
-    async def on_get(self, request: Request) -> None:
+    async def on_get(self, request: ProxyRequest) -> None:
         catalog: ModelCatalog = self.app.catalog
         started = self.app.started_at
         entries = [
             models.tags_entry(name, info, modified_at(info, started))
             for name, info in await catalog.listing()
         ]
-        reply_json(request, {"models": entries})
+        request.send_json({"models": entries})
 
 
 class ShowResource(Handler):
-    async def on_post(self, request: Request) -> None:
+    async def on_post(self, request: ProxyRequest) -> None:
         show = structure(read_json(request), ModelRequest)
         if not show.requested:
             raise BadRequest("model is required")
@@ -61,8 +62,7 @@ class ShowResource(Handler):
         user_agent = (request.getHeader(b"user-agent") or b"").decode("latin-1").lower()
         # Copilot shows general.basename as the model's display name; Ollama sets it to the requested name.
         basename = show.requested if user_agent.startswith("githubcopilotchat/") else None
-        reply_json(
-            request,
+        request.send_json(
             models.show_reply(
                 resolved.info, modified_at(resolved.info, self.app.started_at), basename=basename
             ),
@@ -70,9 +70,9 @@ class ShowResource(Handler):
 
 
 class PsResource(Handler):
-    async def on_get(self, request: Request) -> None:
+    async def on_get(self, request: ProxyRequest) -> None:
         entries = []
         for until, resolved in self.app.recent.current():
             expires = rfc3339_local(until, local_offset(until))
             entries.append(models.ps_entry(models.listed_name(resolved.name), resolved.info, expires))
-        reply_json(request, {"models": entries})
+        request.send_json({"models": entries})

@@ -16,28 +16,18 @@ import json
 from typing import Any
 
 from twisted.web.iweb import IResponse
-from twisted.web.server import Request
 
 from ollama_proxy.app import App
 from ollama_proxy.backend import MAX_JSON_BODY, BackendClient
-from ollama_proxy.errors import (
-    BackendError,
-    BadRequest,
-    MethodNotAllowed,
-    ModelNotFound,
-    NotFound,
-    Overloaded,
-    ProxyError,
-)
+from ollama_proxy.errors import BackendError, BadRequest, ModelNotFound, NotFound, Overloaded
+from ollama_proxy.json_codec import compact_json
 from ollama_proxy.relay import StreamRelay
-from ollama_proxy.site import ProxySite
+from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.openai import (
     PassThrough,
     alias_entry,
     backend_target,
     body_model,
-    error_body,
-    error_code,
     find_alias,
     is_event_stream,
     mapped_name,
@@ -49,8 +39,7 @@ from ollama_proxy.translate.openai import (
     response_headers,
     with_model,
 )
-from ollama_proxy.translate.replies import compact_json
-from ollama_proxy.web import Handler, HandlerMethod, client_gone, finish, reply_json
+from ollama_proxy.web import Handler, HandlerMethod
 
 # The methods a pass-through forwards (anything else is not HTTP an OpenAI-compatible server speaks).
 METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
@@ -58,19 +47,7 @@ METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
 _BODY_METHODS = frozenset({"PATCH", "POST", "PUT"})
 
 
-def reply_openai_error(request: Request, error: ProxyError) -> None:
-    """What the daemon itself answers on ``/v1``: ``{"error": {"message", "type", "param", "code"}}``."""
-    if client_gone(request):
-        return
-    if request.startedWriting:
-        finish(request)  # the relay has already ended a stream it could not finish; nothing to add
-        return
-    if isinstance(error, MethodNotAllowed):
-        request.setHeader(b"allow", ", ".join(error.allowed).encode())
-    reply_json(request, error_body(error.message, error.status, error_code(error.status)), error.status)
-
-
-def _raw_body(request: Request) -> bytes:
+def _raw_body(request: ProxyRequest) -> bytes:
     content = request.content
     if content is None:
         return b""
@@ -79,14 +56,7 @@ def _raw_body(request: Request) -> bytes:
     return data
 
 
-def _client_keys_in_use(request: Request) -> bool:
-    """With daemon client keys on, the client's ``Authorization`` is its credential for the daemon, which
-    must not travel on to the backend."""
-    site = getattr(request.channel, "site", None)  # the channel is None once the client has gone
-    return isinstance(site, ProxySite) and site.client_keys.enabled
-
-
-def _start_response(request: Request, response: IResponse) -> None:
+def _start_response(request: ProxyRequest, response: IResponse) -> None:
     """The backend's status and end-to-end headers on the client's response (nothing written yet)."""
     request.setResponseCode(response.code, response.phrase)
     request.defaultContentType = None  # only the backend's Content-Type
@@ -111,13 +81,7 @@ class OpenAIResource(Handler):
     def _handler(self, method: str) -> HandlerMethod | None:
         return self._forward if method in METHODS else None
 
-    async def _forward(self, request: Request) -> None:
-        try:
-            await self._dispatch(request)
-        except ProxyError as error:
-            reply_openai_error(request, error)
-
-    async def _dispatch(self, request: Request) -> None:
+    async def _forward(self, request: ProxyRequest) -> None:
         method = (request.method or b"").decode("ascii")
         path, _, query = (request.uri or b"").partition(b"?")
         try:
@@ -140,11 +104,13 @@ class OpenAIResource(Handler):
             body = b""
         headers = request_headers(request.requestHeaders.getAllRawHeaders())
         authorization = request.getHeader(b"authorization")
-        if authorization is not None and not _client_keys_in_use(request):
+        if authorization is not None and not request.exchange.client_key:
             # Replaced by the configured key, if there is one (BackendClient); forwarded otherwise, so a
-            # daemon can front a backend that authenticates each user.
+            # daemon can front a backend that authenticates each user.  A daemon client key is the
+            # client's credential for the daemon, which does not travel on to the backend.
             headers[b"authorization"] = [authorization]
-        request_id = getattr(request, "request_id", None)
+        request.exchange.backend = backend.name
+        request_id = request.exchange.request_id
         async with backend.limit:
             response = await backend.request(
                 method, target, body=body, request_id=request_id, headers=headers
@@ -156,14 +122,14 @@ class OpenAIResource(Handler):
             else:
                 await self._relay(request, response)
 
-    async def _rewrite_model(self, request: Request, body: bytes) -> tuple[bytes, BackendClient]:
+    async def _rewrite_model(self, request: ProxyRequest, body: bytes) -> tuple[bytes, BackendClient]:
         """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id, and the
         backend that serves that model (with one backend, the catalog is consulted only for aliases)."""
         found = body_model(body)
         catalog = self.app.catalog
         backend = self.app.backend
         if found is not None:
-            request.model_name = request.backend_model = found[1]  # type: ignore[attr-defined]
+            request.exchange.served(found[1], found[1])
         routed = len(self.app.backends) > 1
         if found is None or not (routed or may_need_rewrite(found[1], catalog.model_map)):
             return body, backend
@@ -178,16 +144,16 @@ class OpenAIResource(Handler):
             backend_id = mapped_name(name, catalog.model_map)
         else:
             backend_id, backend = resolved.backend_id, resolved.client
-        request.backend_model = backend_id  # type: ignore[attr-defined]
+        request.exchange.backend_model = backend_id
         return (body if backend_id == name else with_model(data, backend_id)), backend
 
-    async def _merged_model_list(self, request: Request) -> None:
+    async def _merged_model_list(self, request: ProxyRequest) -> None:
         """``/models`` with several backends: every backend's entries (from the catalog) and the aliases."""
         snapshot = await self.app.catalog.snapshot()
         listing = {"object": "list", "data": [dict(snapshot.entries[info.id]) for info in snapshot.models]}
-        reply_json(request, merge_model_list(listing, self.app.catalog.model_map))
+        request.send_json(merge_model_list(listing, self.app.catalog.model_map))
 
-    async def _relay(self, request: Request, response: IResponse) -> None:
+    async def _relay(self, request: ProxyRequest, response: IResponse) -> None:
         _start_response(request, response)
         content_type = (response.headers.getRawHeaders(b"content-type") or [b""])[0]
         config = self.app.config
@@ -197,12 +163,11 @@ class OpenAIResource(Handler):
             self.app.reactor,
             stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
-            error_reply=reply_openai_error,
         )
         response.deliverBody(relay)
         await relay.done
 
-    async def _relay_error(self, request: Request, response: IResponse) -> None:
+    async def _relay_error(self, request: ProxyRequest, response: IResponse) -> None:
         """A backend error reply, status and body as they are, except for the configured key should the
         backend echo it (some quote the key they rejected)."""
         body = await self.app.backend.read_body(response, MAX_JSON_BODY)
@@ -213,7 +178,7 @@ class OpenAIResource(Handler):
         _start_response(request, response)
         self._write_all(request, scrubbed)
 
-    async def _model_list(self, request: Request, response: IResponse) -> None:
+    async def _model_list(self, request: ProxyRequest, response: IResponse) -> None:
         """``/models``: the backend's list with the model-map aliases added as entries of their own."""
         raw = await self.app.backend.read_body(response, MAX_JSON_BODY)
         try:
@@ -225,7 +190,7 @@ class OpenAIResource(Handler):
         _start_response(request, response)
         self._write_all(request, raw if merged is None or merged is data else compact_json(merged))
 
-    async def _alias_model(self, request: Request, requested: str, alias: str) -> None:
+    async def _alias_model(self, request: ProxyRequest, requested: str, alias: str) -> None:
         """``/models/{alias}``, answered here from the cached model list: the target's entry under the
         alias, or OpenAI's 404 when the backend does not serve the target."""
         catalog = self.app.catalog
@@ -236,11 +201,11 @@ class OpenAIResource(Handler):
         entry = (await catalog.snapshot()).entries.get(resolved.backend_id) or minimal_entry(
             resolved.backend_id, resolved.info.created or int(self.app.started_at), "ollama-proxy"
         )
-        reply_json(request, alias_entry(alias, entry))
+        request.send_json(alias_entry(alias, entry))
 
     @staticmethod
-    def _write_all(request: Request, body: bytes) -> None:
-        if client_gone(request):
+    def _write_all(request: ProxyRequest, body: bytes) -> None:
+        if request.gone:
             return
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)

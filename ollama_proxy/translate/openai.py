@@ -24,8 +24,9 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote
 
+from ollama_proxy.json_codec import compact_json
 from ollama_proxy.translate.models import lookup_key
-from ollama_proxy.translate.replies import compact_json
+from ollama_proxy.wire.openai import sse_error_event
 
 # RFC 9110 §7.6.1, plus the pre-standard names still seen in the wild.
 HOP_BY_HOP: Final = frozenset(
@@ -97,44 +98,6 @@ def is_event_stream(content_type: str | None) -> bool:
     return content_type.split(";", 1)[0].strip().lower() == EVENT_STREAM
 
 
-# ---------------------------------------------------------------------------------------------------------
-# Errors in OpenAI's shape
-# ---------------------------------------------------------------------------------------------------------
-
-
-def error_type(status: int) -> str:
-    """OpenAI's ``error.type`` for a status, as its API and SDKs use them."""
-    if status == 401:
-        return "authentication_error"
-    if status == 403:
-        return "permission_error"
-    if status == 429:
-        return "rate_limit_error"
-    if 400 <= status < 500:
-        return "invalid_request_error"
-    return "api_error"
-
-
-def error_body(message: str, status: int, code: str | None = None) -> dict[str, Any]:
-    return {"error": {"message": message, "type": error_type(status), "param": None, "code": code}}
-
-
-def error_code(status: int) -> str | None:
-    """A machine-readable ``code`` for the errors the daemon itself answers with."""
-    return {
-        404: "model_not_found",
-        502: "backend_unreachable",
-        503: "backend_unavailable",
-        504: "backend_timeout",
-    }.get(status)
-
-
-def sse_error_event(message: str) -> bytes:
-    """The last event of an event stream the backend broke off: the OpenAI SDKs raise on a ``data``
-    event carrying ``error``, where a silently ended stream would look complete."""
-    return b"data: " + compact_json(error_body(message, 502, "backend_error")) + b"\n\n"
-
-
 class PassThrough:
     """The stream relay's transform for ``/v1``: the backend's bytes exactly as they arrive.
 
@@ -148,6 +111,9 @@ class PassThrough:
     @property
     def failed(self) -> bool:
         return False
+
+    def start(self) -> bytes:
+        return b""
 
     def feed(self, data: bytes) -> bytes:
         return data

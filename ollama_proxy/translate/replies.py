@@ -46,18 +46,41 @@ class Instant:
     mono_ns: int
 
 
-def compact_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON.  A lone surrogate (a backend splitting an emoji's escape pair) cannot be
-    encoded as UTF-8; such a value is written with ASCII escapes instead, which every JSON reader accepts."""
-    try:
-        return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
-    except UnicodeEncodeError:
-        return json.dumps(obj, separators=(",", ":")).encode("ascii")
+def ollama_reply(
+    model: str,
+    kind: Kind,
+    at: Instant,
+    *,
+    content: str = "",
+    thinking: str = "",
+    tool_calls: list[dict[str, Any]] | None = None,
+    done_reason: str | None = None,
+) -> dict[str, Any]:
+    """The one builder of Ollama's reply shape, for chat and generate alike: a stream chunk (no
+    ``done_reason``) or a final reply (with one), in Ollama's key order.  Metrics, ``logprobs`` and
+    ``context`` are added by the caller, after these keys.
 
-
-def ndjson_line(obj: Mapping[str, Any]) -> bytes:
-    """One NDJSON line: compact JSON and a newline, never a blank line."""
-    return compact_json(obj) + b"\n"
+    Chat puts the text in ``message`` (``content`` always present, ``thinking`` and ``tool_calls`` only
+    when there are some); generate puts it in ``response`` with ``thinking`` beside it.
+    """
+    reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(at.wall)}
+    if kind == "chat":
+        message: dict[str, Any] = {"role": "assistant", "content": content}
+        if thinking:
+            message["thinking"] = thinking
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        reply["message"] = message
+    else:
+        reply["response"] = content
+        if thinking:
+            reply["thinking"] = thinking
+        if tool_calls:
+            reply["tool_calls"] = tool_calls
+    reply["done"] = done_reason is not None
+    if done_reason is not None:
+        reply["done_reason"] = done_reason
+    return reply
 
 
 def _duration(start_ns: int, end_ns: int) -> int:
@@ -431,13 +454,7 @@ class StreamTranslator:
         if self._failed:
             return out
         self._finished = True
-        final = self._base(at)
-        if self._kind == "chat":
-            final["message"] = {"role": "assistant", "content": ""}
-        else:
-            final["response"] = ""
-        final["done"] = True
-        final["done_reason"] = done_reason(self._finish_reason)
+        final = ollama_reply(self._model, self._kind, at, done_reason=done_reason(self._finish_reason))
         final.update(_metrics(self._started, self._first, at, self._prompt_tokens, self._completion_tokens))
         if self._logprobs:
             final["logprobs"] = self._logprobs
@@ -463,27 +480,11 @@ class StreamTranslator:
                     converted = _ollama_calls(calls)
                 except BackendError as exc:
                     return [*out, *self._fail(exc.message)]
-                chunk = self._base(at)
-                chunk["message"] = {"role": "assistant", "content": "", "tool_calls": converted}
-                chunk["done"] = False
-                out.append(chunk)
+                out.append(ollama_reply(self._model, self._kind, at, tool_calls=converted))
         return out
 
-    def _base(self, at: Instant) -> dict[str, Any]:
-        return {"model": self._model, "created_at": rfc3339_utc(at.wall)}
-
     def _chunk(self, at: Instant, content: str, thinking: str) -> dict[str, Any]:
-        chunk = self._base(at)
-        if self._kind == "chat":
-            message: dict[str, Any] = {"role": "assistant", "content": content}
-            if thinking:
-                message["thinking"] = thinking
-            chunk["message"] = message
-        else:
-            chunk["response"] = content
-            if thinking:
-                chunk["thinking"] = thinking
-        chunk["done"] = False
+        chunk = ollama_reply(self._model, self._kind, at, content=content, thinking=thinking)
         if self._logprobs:
             chunk["logprobs"] = self._logprobs
             self._logprobs = []
@@ -571,20 +572,15 @@ def completion_to_reply(
         thinking = thinking + tag_thinking + rest_thinking
         content += rest_content
 
-    reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(ended.wall)}
-    if kind == "chat":
-        out_message: dict[str, Any] = {"role": "assistant", "content": content}
-        if thinking:
-            out_message["thinking"] = thinking
-        if calls:
-            out_message["tool_calls"] = _ollama_calls(calls)
-        reply["message"] = out_message
-    else:
-        reply["response"] = content
-        if thinking:
-            reply["thinking"] = thinking
-    reply["done"] = True
-    reply["done_reason"] = done_reason(choice.get("finish_reason"))
+    reply = ollama_reply(
+        model,
+        kind,
+        ended,
+        content=content,
+        thinking=thinking,
+        tool_calls=_ollama_calls(calls) if calls and kind == "chat" else None,
+        done_reason=done_reason(choice.get("finish_reason")),
+    )
 
     usage = body.get("usage")
     usage = usage if isinstance(usage, Mapping) else {}
