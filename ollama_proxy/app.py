@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import attrs
+from twisted.web.iweb import IAgent
 
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
@@ -32,16 +33,19 @@ class App:
         return self.backends[0]
 
     @classmethod
-    def build(cls, config: ProxyConfig, reactor: Any) -> App:
+    def build(cls, config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> App:
+        """``agent``: how backend requests travel (tests pass an in-memory one); default, TCP."""
         metrics = Metrics()
-        backends = tuple(_client(spec, config, reactor, metrics) for spec in config.all_backends)
+        backends = tuple(_client(spec, config, reactor, metrics, agent) for spec in config.all_backends)
         catalog = ModelCatalog(
             backends, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
         )
         return cls(config, reactor, backends, catalog, RecentModels(reactor), reactor.seconds(), metrics)
 
 
-def _client(spec: BackendConfig, config: ProxyConfig, reactor: Any, metrics: Metrics) -> BackendClient:
+def _client(
+    spec: BackendConfig, config: ProxyConfig, reactor: Any, metrics: Metrics, agent: IAgent | None
+) -> BackendClient:
     """One backend's client: its own pool, breaker and concurrency limit."""
     return BackendClient(
         reactor,
@@ -59,4 +63,5 @@ def _client(spec: BackendConfig, config: ProxyConfig, reactor: Any, metrics: Met
         name=spec.label,
         dialect=spec.dialect,
         serves=spec.serves,
+        agent=agent,
     )

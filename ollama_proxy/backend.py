@@ -28,9 +28,10 @@ from twisted.web.client import (
     RequestTransmissionFailed,
     ResponseFailed,
     ResponseNeverReceived,
+    _HTTP11ClientFactory,
 )
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
@@ -125,6 +126,13 @@ class NoCookies(IndexableCookieJar):
         """None is kept."""
 
 
+class _QuietClientFactory(_HTTP11ClientFactory):
+    """The pool's connection factory without its "Starting factory" / "Stopping factory" info lines: one
+    pair per backend connection drowned the one access line per request an operator reads."""
+
+    noisy = False
+
+
 @implementer(IBodyProducer)
 class BytesBody:
     """A request body already in memory, written at once.
@@ -172,6 +180,7 @@ class BackendClient:
         name: str = "",
         dialect: Dialect = Dialect.VLLM,
         serves: Callable[[str], bool] | None = None,
+        agent: IAgent | None = None,
     ) -> None:
         # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
         # they never stay in the URL, which appears in logs.
@@ -197,9 +206,11 @@ class BackendClient:
         self.serves: Callable[[str], bool] = serves or (lambda _: True)
         self.pool = HTTPConnectionPool(reactor, persistent=True)
         self.pool.maxPersistentPerHost = pool_size
+        self.pool._factory = _QuietClientFactory  # Twisted names the hook privately
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.
         self.pool.cachedConnectionTimeout = 4
-        agent = Agent(reactor, pool=self.pool, connectTimeout=connect_timeout)
+        if agent is None:  # tests hand in an in-memory agent
+            agent = Agent(reactor, pool=self.pool, connectTimeout=connect_timeout)
         self.http = HTTPClient(agent, cookiejar=NoCookies(), data_to_body_producer=BytesBody)
         self._urls: dict[str, EncodedURL] = {}
 

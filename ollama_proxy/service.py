@@ -14,6 +14,7 @@ from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.web.iweb import IAgent
 from twisted.web.server import Site
 
 from ollama_proxy.access import ClientKeys, CorsPolicy
@@ -96,11 +97,13 @@ class ProxyService(MultiService):
     process exits 0, and SIGHUP reloads the model map and the client keys.
     """
 
-    def __init__(self, config: ProxyConfig, reactor: Any, *, handle_signals: bool = False) -> None:
+    def __init__(
+        self, config: ProxyConfig, reactor: Any, *, handle_signals: bool = False, agent: IAgent | None = None
+    ) -> None:
         super().__init__()
         self.config = config
         self.reactor = reactor
-        self.app = App.build(config, reactor)
+        self.app = App.build(config, reactor, agent)
         self.site = ProxySite(
             build_root(self.app),
             clock=reactor,

@@ -10,10 +10,12 @@ from typing import Any
 
 import pytest
 import pytest_twisted
+import treq
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
 from twisted.internet.task import deferLater
-from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
@@ -219,3 +221,29 @@ def test_twistd_log_format_json_prints_one_object_per_line() -> None:
         assert "sk-json-secret" not in output
     finally:
         backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_one_log_line_per_request_and_none_per_connection(proxy: RunningProxy) -> None:
+    """Twisted's client factories announce every backend connection at info ("Starting factory"); an
+    operator should see one access line per request and nothing per connection."""
+    seen: list[LogEvent] = []
+    globalLogPublisher.addObserver(seen.append)
+    try:
+        body = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
+        for _ in range(3):
+            # A fresh connection to the daemon each time; the daemon's own backend connections are new too
+            # the first time.
+            pool = HTTPConnectionPool(reactor(), persistent=False)
+            client = treq.client.HTTPClient(Agent(reactor(), pool=pool))
+            response = await client.post(proxy.url + "/api/chat", json=body)
+            await response.content()
+        await proxy.service.app.backend.close()  # the pooled backend connections close: no line either
+    finally:
+        globalLogPublisher.removeObserver(seen.append)
+    backend_port = proxy.backend.base_url.rsplit(":", 1)[1].split("/")[0]
+    texts = [formatEvent(event) for event in seen]
+    # (The test's own client connections to the daemon announce themselves; the daemon's do not.)
+    assert [t for t in texts if "factory" in t.lower() and f":{backend_port}>" in t] == []
+    assert [t for t in texts if "factory" in t.lower() and f":{proxy.url.rsplit(':', 1)[1]}>" in t]
+    assert len([e for e in seen if e.get("log_namespace") == "ollama_proxy.access"]) == 3
