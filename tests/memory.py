@@ -19,12 +19,13 @@ import treq
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, _SynchronousProducer
 from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.protocol import Factory
 from twisted.internet.task import Clock
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
+from twisted.web.server import Site
 
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.service import ProxyService
@@ -35,10 +36,10 @@ T = TypeVar("T")
 BACKEND_URL = "http://backend.test/v1"
 
 
-class ServingAgent(RequestTraversalAgent):  # type: ignore[misc]  # treq.testing is untyped
+class ServingAgent(RequestTraversalAgent):
     """treq's in-memory agent, answered by any server factory (the daemon's site, the fake backend's)."""
 
-    def __init__(self, factory: Factory) -> None:
+    def __init__(self, factory: Site) -> None:
         super().__init__(Resource())
         self._serverFactory = factory
 
@@ -69,7 +70,7 @@ class MemoryDaemon:
 
     def __init__(self, flavour: str = "vllm", **settings: Any) -> None:
         self.clock = MemoryReactorClock()
-        self.backend = FakeBackend(flavour, reactor=self.clock)  # type: ignore[arg-type]
+        self.backend = FakeBackend(flavour, reactor=self.clock)
         self.backend.base_url = BACKEND_URL
         self._to_backend = ServingAgent(self.backend.site())
         settings.setdefault("listen", ())
@@ -117,7 +118,7 @@ class MemoryDaemon:
         (outcome,) = results
         if isinstance(outcome, Failure):
             outcome.raiseException()
-        return outcome  # type: ignore[return-value]
+        return outcome
 
     def request(
         self,
@@ -137,7 +138,7 @@ class MemoryDaemon:
                 "http://daemon.test" + path,
                 json=json_body,
                 data=data,
-                headers={k: [v] for k, v in (headers or {}).items()},
+                headers=Headers({k: [v] for k, v in (headers or {}).items()}),
             )
             body = await treq.content(response)
             flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}

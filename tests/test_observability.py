@@ -228,7 +228,12 @@ async def test_one_log_line_per_request_and_none_per_connection(proxy: RunningPr
     """Twisted's client factories announce every backend connection at info ("Starting factory"); an
     operator should see one access line per request and nothing per connection."""
     seen: list[LogEvent] = []
-    globalLogPublisher.addObserver(seen.append)
+
+    @implementer(ILogObserver)
+    def observer(event: LogEvent) -> None:
+        seen.append(event)
+
+    globalLogPublisher.addObserver(observer)
     try:
         body = {"model": "qwen", "messages": [{"role": "user", "content": "Hi"}], "stream": False}
         for _ in range(3):
@@ -240,7 +245,7 @@ async def test_one_log_line_per_request_and_none_per_connection(proxy: RunningPr
             await response.content()
         await proxy.service.app.backend.close()  # the pooled backend connections close: no line either
     finally:
-        globalLogPublisher.removeObserver(seen.append)
+        globalLogPublisher.removeObserver(observer)
     backend_port = proxy.backend.base_url.rsplit(":", 1)[1].split("/")[0]
     texts = [formatEvent(event) for event in seen]
     # (The test's own client connections to the daemon announce themselves; the daemon's do not.)

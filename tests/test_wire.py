@@ -20,6 +20,7 @@ import treq
 from treq.client import HTTPClient
 from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
+from twisted.web.http_headers import Headers
 
 from tests.conftest import reactor, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
@@ -103,7 +104,7 @@ def client() -> HTTPClient:
 
 async def _post(client: HTTPClient, url: str, body: Any, **headers: str) -> tuple[int, Any, Any]:
     response = await client.post(
-        url, data=json.dumps(body).encode(), headers={k: [v] for k, v in headers.items()}
+        url, data=json.dumps(body).encode(), headers=Headers({k: [v] for k, v in headers.items()})
     )
     data = await response.content()
     return response.code, json.loads(data) if data else None, response.headers
