@@ -18,8 +18,8 @@ import attrs
 import treq
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, _SynchronousProducer
-from twisted.internet.defer import Deferred, ensureDeferred
-from twisted.internet.task import Clock
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
 from twisted.web.http_headers import Headers
@@ -42,6 +42,13 @@ class ServingAgent(RequestTraversalAgent):
     def __init__(self, factory: Site) -> None:
         super().__init__(Resource())
         self._serverFactory = factory
+        # While True, every new connection is refused, as by a backend that is down.
+        self.refusing = False
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:  # noqa: N803
+        if self.refusing:
+            return fail(ConnectionRefusedError())
+        return super().request(method, uri, headers, bodyProducer)
 
     def flush_all(self) -> bool:
         """Move every pending byte both ways; True when anything moved."""
@@ -84,6 +91,10 @@ class MemoryDaemon:
     def app(self) -> Any:
         return self.service.app
 
+    def backend_down(self, down: bool = True) -> None:
+        """Refuse (or again accept) every new connection to the backend."""
+        self._to_backend.refusing = down
+
     def pump(self) -> None:
         """Move bytes between client, daemon and backend until nothing moves (no time passes)."""
         for _ in range(1000):
@@ -120,6 +131,31 @@ class MemoryDaemon:
             outcome.raiseException()
         return outcome
 
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Deferred[Reply]:
+        """Start a request; its reply (read to the end) once bytes and time have moved enough."""
+
+        async def exchange() -> Reply:
+            body: dict[str, Any] = {"json": json_body} if json_body is not None else {"data": data}
+            response: IResponse = await self.http.request(
+                method,
+                "http://daemon.test" + path,
+                headers=Headers({k: [v] for k, v in (headers or {}).items()}),
+                **body,
+            )
+            content = await treq.content(response)
+            flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+            return Reply(response.code, flat, content)
+
+        return ensureDeferred(exchange())
+
     def request(
         self,
         method: str,
@@ -130,23 +166,6 @@ class MemoryDaemon:
         headers: Mapping[str, str] | None = None,
         within: float = 5.0,
     ) -> Reply:
-        """One whole request and its reply."""
-
-        async def exchange() -> Reply:
-            response: IResponse = await self.http.request(
-                method,
-                "http://daemon.test" + path,
-                json=json_body,
-                data=data,
-                headers=Headers({k: [v] for k, v in (headers or {}).items()}),
-            )
-            body = await treq.content(response)
-            flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
-            return Reply(response.code, flat, body)
-
-        return self.settle(ensureDeferred(exchange()), within=within)
-
-
-def simulated_clock() -> Clock:
-    """A bare simulated clock, for the pieces that take one (breaker, limits, relay timers)."""
-    return Clock()
+        """One whole request and its reply, letting at most ``within`` simulated seconds pass."""
+        sent = self.send(method, path, json_body=json_body, data=data, headers=headers)
+        return self.settle(sent, within=within)

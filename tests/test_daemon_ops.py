@@ -204,6 +204,7 @@ BODIES = st.one_of(
     JSON_VALUES,
 )
 PATHS = ["/api/chat", "/api/generate", "/api/show", "/api/pull", "/api/copy", "/api/push", "/api/create"]
+MANAGED_BY_BACKEND = frozenset({"/api/copy", "/api/push", "/api/create"})
 
 
 @settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -215,7 +216,8 @@ def test_malformed_requests_get_clear_errors_never_500(
     if raw:
         data = data[: max(len(data) - 1, 0)]  # truncated JSON
     status, reply = _post(daemon_url, path, data)
-    assert status < 500 or status in (501, 502, 503, 504), (status, reply)
+    # 501 is the honest answer of the model-management calls a backend cannot do; nothing else may be 5xx.
+    assert status < 500 or (status == 501 and path in MANAGED_BY_BACKEND), (status, reply)
     decoded = [json.loads(line) for line in reply.splitlines() if line.strip()]
     assert decoded, reply
     if status >= 400:

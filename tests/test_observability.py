@@ -13,7 +13,6 @@ import pytest_twisted
 import treq
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
-from twisted.internet.task import deferLater
 from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
@@ -21,8 +20,8 @@ from zope.interface import implementer
 
 from ollama_proxy.logs import event_as_json
 from ollama_proxy.metrics import endpoint_label, model_label
-from tests.conftest import RunningProxy, reactor, read_json, start_proxy
-from tests.fake_backend import ChatScript, FakeBackend
+from tests.conftest import RunningProxy, reactor
+from tests.fake_backend import ChatScript
 from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
 from tests.test_daemon import Child, _env
 from tests.twistd_measured import twistd_command
@@ -152,43 +151,6 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     assert event["status"] == 200
     assert event["ttft_ms"] is not None
     assert event["bytes_out"] > 0
-
-
-@pytest_twisted.ensureDeferred
-async def test_health_and_readiness_follow_the_backend(fake_backend: FakeBackend, http: HTTPClient) -> None:
-    running = await start_proxy(
-        fake_backend, fake_backend.base_url, api_key="sk-test-secret", models_ttl=0.2, breaker_threshold=2,
-        breaker_cooldown=0.5, retries=0,
-    )  # fmt: skip
-    try:
-        assert await read_json(await http.get(running.url + "/health")) == {"status": "ok"}
-        ready = await http.get(running.url + "/ready")
-        assert (ready.code, await read_json(ready)) == (200, {"status": "ready", "models": 2})
-        port = int(fake_backend.base_url.rsplit(":", 1)[1].split("/")[0])
-        await fake_backend.stop()
-        await deferLater(reactor(), 0.3, lambda: None)  # the cached list is now stale
-        ready = await http.get(running.url + "/ready")
-        body = await read_json(ready)
-        assert ready.code == 503
-        assert body["error"].startswith("backend /models failed: cannot reach the backend")
-        await http.get(running.url + "/ready")  # the second failure opens the breaker
-        ready = await http.get(running.url + "/ready")
-        assert ready.code == 503
-        assert (await read_json(ready))["error"].startswith("circuit breaker open")
-        assert (await http.get(running.url + "/health")).code == 200  # alive all the while
-        fake_backend.listen_sync(reactor(), port=port)
-        # Back on its own: after the breaker's cool-down a probe (a /ready or the background refresh)
-        # finds the backend and closes it.
-        answers: list[Any] = []
-        for _ in range(40):
-            await deferLater(reactor(), 0.1, lambda: None)
-            ready = await http.get(running.url + "/ready")
-            answers.append((ready.code, await read_json(ready)))
-            if ready.code == 200:
-                break
-        assert answers[-1] == (200, {"status": "ready", "models": 2}), answers
-    finally:
-        await running.service.stopService()
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:
