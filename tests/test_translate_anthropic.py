@@ -369,6 +369,28 @@ def test_same_role_turns_are_merged_as_anthropic_does() -> None:
             "c",
         ),
         (
+            [{"type": "document", "title": "T", "source": {"type": "content", "content": "as a string"}}],
+            "T\n\nas a string",
+        ),
+        (
+            [
+                {
+                    "type": "document",
+                    "source": {
+                        "type": "content",
+                        "content": [
+                            {"type": "text", "text": "see"},
+                            {"type": "image", "source": {"type": "url", "url": "https://example.com/a.png"}},
+                        ],
+                    },
+                }
+            ],
+            [
+                {"type": "text", "text": "see"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ],
+        ),
+        (
             [{"type": "document", "title": "Paper", "source": {"type": "base64", "data": "JVBERi0="}}],
             "[document 'Paper' omitted: PDF and file documents cannot be read here]",
         ),
@@ -442,7 +464,11 @@ def test_tool_round_trip() -> None:
 
 def test_tool_calls_without_text_have_null_content() -> None:
     turn = {"role": "assistant", "content": [{"type": "tool_use", "id": "t", "name": "f", "input": {"a": 1}}]}
-    result = {"role": "user", "content": [{"type": "tool_result", "tool_use_id": "t"}]}
+    # An empty text block next to the result makes no empty user message.
+    result = {
+        "role": "user",
+        "content": [{"type": "tool_result", "tool_use_id": "t"}, {"type": "text", "text": ""}],
+    }
     assert messages_of(messages=[USER, turn, result])[1:] == [
         {
             "role": "assistant",
@@ -851,6 +877,17 @@ def test_fields_a_backend_cannot_use_are_ignored(extra: dict[str, Any]) -> None:
             "messages.0.content.0.tool_use_id: expected a string, got null",
         ),
         (
+            {"max_tokens": 10, "messages": [{"role": "assistant", "content": [{"type": "hologram"}]}]},
+            "messages.0.content.0.type: unexpected content block type 'hologram'",
+        ),
+        (
+            {
+                "max_tokens": 10,
+                "messages": [{"role": "user", "content": [{"type": "document", "source": {"type": "x"}}]}],
+            },
+            "messages.0.content.0.source.type: unknown document source 'x'",
+        ),
+        (
             {"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "image"}]}]},
             "messages.0.content.0.source: expected an object, got null",
         ),
@@ -906,6 +943,10 @@ def test_fields_a_backend_cannot_use_are_ignored(extra: dict[str, Any]) -> None:
         (
             {"messages": [USER], "max_tokens": 10, "tools": [{"name": "f"}]},
             "tools.0.input_schema: expected an object",
+        ),
+        (
+            {"messages": [USER], "max_tokens": 10, "tools": [{"name": "", "input_schema": {}}]},
+            "tools.0.name: must not",
         ),
         (
             {
@@ -1350,6 +1391,13 @@ def test_tool_calls_stream_fragment_by_fragment() -> None:
             [{"id": "call_w", "function": {"name": "f", "arguments": '{"a":'}}],
             [{"function": {"arguments": " 1}"}}],
         ],
+        # No index, the id repeated on every fragment.
+        [
+            [{"id": "call_w", "function": {"name": "f", "arguments": '{"a"'}}],
+            [{"id": "call_w", "function": {"arguments": ": 1}"}}],
+        ],
+        # Streamed text, then the same arguments decoded: the streamed text stands.
+        [[call(0, "call_w", "f", '{"a": 1}')], [call(0, arguments={"a": 2})]],
         # The id and name only after some arguments.
         [[call(0, None, None, '{"a": ')], [call(0, "call_w", "f", "1}")]],
     ],
@@ -1495,6 +1543,14 @@ def test_message_delta_carries_usage_even_when_the_backend_sent_none() -> None:
     assert events[-2]["usage"] == {"output_tokens": 0}
     assert stream.usage == (None, None)
     assert sdk_final_message(run([chunk({"content": "x"})])[0]).usage.output_tokens == 0
+
+
+def test_refusal_stream() -> None:
+    events, _ = streamed(
+        [chunk({"role": "assistant", "refusal": "I can't"}), chunk({"refusal": " help."}, "stop")]
+    )
+    assert [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"] == ["I can't", " help."]
+    assert events[-2]["delta"]["stop_reason"] == "refusal"
 
 
 def test_stream_without_finish_reason() -> None:
@@ -1779,7 +1835,19 @@ COUNTED = {
             "role": "user",
             "content": [
                 {"type": "tool_result", "tool_use_id": "t", "content": [{"type": "text", "text": "Result."}]},
+                {"type": "tool_result", "tool_use_id": "t2", "content": "Plain."},
                 {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}},
+                {"type": "document", "source": {"type": "text", "media_type": "text/plain", "data": "Doc."}},
+                {
+                    "type": "document",
+                    "source": {"type": "content", "content": [{"type": "text", "text": "Part."}]},
+                },
+                {
+                    "type": "search_result",
+                    "title": "R",
+                    "source": "s",
+                    "content": [{"type": "text", "text": "Found."}],
+                },
             ],
         },
     ],
@@ -1803,6 +1871,10 @@ def test_tokenize_text() -> None:
             "Read",
             '{"p":1}',
             "Result.",
+            "Plain.",
+            "Doc.",
+            "Part.",
+            "Found.",
             '{"name":"Read","description":"Read a file","input_schema":{"type":"object"}}',
         ]
     )

@@ -87,9 +87,6 @@ from ollama_proxy.translate.replies import (
     tool_arguments,
 )
 
-MESSAGES_PATH: Final = "/v1/messages"
-COUNT_TOKENS_PATH: Final = "/v1/messages/count_tokens"
-
 # Only a string is required by the SDKs; nothing here can produce a real signature.
 THINKING_SIGNATURE: Final = ""
 
@@ -391,6 +388,7 @@ def _tool_result(block: Mapping[str, Any], where: str) -> tuple[dict[str, Any], 
 
 
 def _user_messages(turn: _Turn) -> list[dict[str, Any]]:
+    """Tool messages first: OpenAI backends want them right after the assistant turn that made the calls."""
     tool_messages: list[dict[str, Any]] = []
     tool_images: list[Part] = []
     parts: list[Part] = []
@@ -407,7 +405,7 @@ def _user_messages(turn: _Turn) -> list[dict[str, Any]]:
         else:
             parts.extend(_user_parts(block, where))
     parts = tool_images + parts
-    if tool_messages and not parts:
+    if tool_messages and all(part == _text_part("") for part in parts):
         return tool_messages
     return [*tool_messages, {"role": "user", "content": _content(parts)}]
 
@@ -677,8 +675,11 @@ def _count(value: object) -> int | None:
 
 
 def _tool_use_id(message_id: str, position: int) -> str:
-    """Anthropic's id shape (``toolu_`` + 24 letters and digits), the same for the same reply position, so a
-    history sent back keeps hitting the backend's prefix cache."""
+    """An id in Anthropic's shape (``toolu_`` + 24 characters) for a call the backend sent without one.
+
+    A hash of the message id and the block's position rather than a random draw, so the stream and the
+    whole reply agree and tests stay exact.
+    """
     digest = hashlib.sha256(f"{message_id}\x1f{position}".encode()).hexdigest()
     return "toolu_" + digest[:24]
 
@@ -870,6 +871,7 @@ class AnthropicStream:
         self._space = ""
         self._finish_reason: object = None
         self._matched_stop: object = None
+        self._refused = False
         self._usage = _Usage()
         self._first: Instant | None = None
 
@@ -938,7 +940,7 @@ class AnthropicStream:
             return b"".join(out)
         self._finished = True
         stop_reason, stop_sequence = _stop_reason(
-            self._finish_reason, self._matched_stop, used_tools=bool(self._calls)
+            self._finish_reason, self._matched_stop, used_tools=bool(self._calls), refused=self._refused
         )
         delta = {
             "type": "message_delta",
@@ -971,6 +973,11 @@ class AnthropicStream:
         delta = choice.get("delta")
         delta = delta if isinstance(delta, Mapping) else {}
         content, thinking = _text(delta.get("content")), reasoning(delta)
+        refusal = _text(delta.get("refusal"))
+        if refusal:
+            # OpenAI's refusal text takes the place of the content.
+            self._refused = True
+            content += refusal
         fragments = delta.get("tool_calls")
         fragments = [f for f in fragments if isinstance(f, Mapping)] if isinstance(fragments, list) else []
         if content or thinking or fragments:
