@@ -34,7 +34,7 @@ class App:
     @classmethod
     def build(cls, config: ProxyConfig, reactor: Any) -> App:
         metrics = Metrics()
-        backends = tuple(_client(spec, config, reactor, metrics) for spec in config.all_backends)
+        backends = tuple(_client(spec, config, reactor, metrics) for spec in config.backends)
         catalog = ModelCatalog(
             backends, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
         )

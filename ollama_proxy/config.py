@@ -66,14 +66,12 @@ class BackendConfig:
 class ProxyConfig:
     """Everything the daemon needs to start; never mutated (a model-map reload replaces only the map).
 
-    ``backend``, ``api_key`` and ``dialect`` describe the first (often only) backend; ``backends`` lists
-    them all when there are several.
+    ``backends`` is the one place the backends are described, however many there are: the first is where
+    requests naming no known model go.  :meth:`for_backend` builds the common case of one.
     """
 
-    backend: str
+    backends: tuple[BackendConfig, ...] = attrs.field(validator=attrs.validators.min_len(1))
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    api_key: str | None = attrs.field(default=None, repr=False)
-    dialect: Dialect = Dialect.VLLM
     model_map_path: str | None = None
     model_map: Mapping[str, str] = attrs.field(factory=dict)
     models: Mapping[str, ModelOverride] = attrs.field(factory=dict)
@@ -99,11 +97,15 @@ class ProxyConfig:
     log_format: str = "text"
     log_bodies: bool = False
     workers: int = 1
-    backends: tuple[BackendConfig, ...] = ()
 
-    @property
-    def all_backends(self) -> tuple[BackendConfig, ...]:
-        return self.backends or (BackendConfig(url=self.backend, api_key=self.api_key, dialect=self.dialect),)
+    @classmethod
+    def for_backend(
+        cls, url: str, *, api_key: str | None = None, dialect: Dialect | None = None, **settings: Any
+    ) -> ProxyConfig:
+        """A daemon in front of the one backend at ``url`` (its dialect guessed from the host, as for
+        ``--backend``, unless given); ``settings`` are the other fields."""
+        backend = BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url))
+        return cls(backends=(backend,), **settings)
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -452,19 +454,14 @@ def build_config(
     api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
     model_map_path = values.pop("model_map", None)
     dialect = values.pop("dialect", None)
-    several = (
-        _backends(backends, backend_tables, api_key, dialect, environ, config_path)
-        if (len(backends) > 1 or backend_tables)
-        else ()
-    )
-    if several:
-        values["backend"] = several[0].url
-        api_key, dialect = several[0].api_key, several[0].dialect
+    url = values.pop("backend", None)
+    if len(backends) > 1 or backend_tables:
+        chosen = _backends(backends, backend_tables, api_key, dialect, environ, config_path)
+    else:
+        chosen = (BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url)),)
     return ProxyConfig(
+        backends=chosen,
         listen=endpoints,
-        api_key=api_key,
-        backends=several,
-        dialect=dialect or guess_dialect(values["backend"]),
         model_map_path=model_map_path,
         model_map=load_model_map(model_map_path) if model_map_path else {},
         models=_overrides(toml.get("models", {})),

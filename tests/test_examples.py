@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_example_toml_loads() -> None:
     config = build_config({}, {}, str(ROOT / "etc" / "ollama-proxy.toml"))
-    assert config.backend == "http://127.0.0.1:8000/v1"
+    assert [backend.url for backend in config.backends] == ["http://127.0.0.1:8000/v1"]
     assert config.models["gpt-4o*"].context_length == 128000
 
 

@@ -562,7 +562,7 @@ def _supervisor(tmp_path: Path) -> tuple[Supervisor, _FakeReactor]:
     from ollama_proxy.config import ProxyConfig
 
     fake = _FakeReactor()
-    config = ProxyConfig(backend="http://127.0.0.1:9/v1", workers=1)
+    config = ProxyConfig.for_backend("http://127.0.0.1:9/v1", workers=1)
     environ = {"NOTIFY_SOCKET": "/nonexistent", "LISTEN_FDS": "1", "WATCHDOG_USEC": "2000000", "KEEP": "me"}
     supervisor = Supervisor(config, fake, ["--backend", "http://127.0.0.1:9/v1"], environ=environ)
     supervisor.directory = str(tmp_path)
