@@ -17,7 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
+from ollama_proxy import schemas
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.models import KNOWN_CAPABILITIES, ModelOverride
@@ -365,31 +368,73 @@ def _read_api_key(path: str) -> str:
     return key
 
 
+def _count(value: Any, _type: Any) -> int:
+    """Every integer of a ``[models."id"]`` table is a length or a size: a whole number, 0 or more."""
+    if isinstance(value, bool):
+        raise TypeError("expected a non-negative integer, got a boolean")
+    if not isinstance(value, int):
+        raise TypeError(f"expected a non-negative integer, got {type(value).__name__}")
+    if value < 0:
+        raise TypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _capabilities(value: Any, _type: Any) -> tuple[str, ...]:
+    if (
+        isinstance(value, list)
+        and all(isinstance(c, str) for c in value)
+        and set(value) <= KNOWN_CAPABILITIES
+    ):
+        return tuple(value)
+    raise TypeError(f"expected a list drawn from {', '.join(sorted(KNOWN_CAPABILITIES))}")
+
+
+def _build_converter() -> cattrs.Converter:
+    """The request converter's strict hooks (a number where a string belongs is refused, not turned into
+    ``"3"``), except that an unknown key is refused too: in a config file it is a typo, where in a request
+    body it is some client's extension.  Every field ``ModelOverride`` has, now or later, is checked."""
+    converter = schemas.converter.copy(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _count)
+    converter.register_structure_hook(
+        ModelOverride,
+        make_dict_structure_fn(ModelOverride, converter, capabilities=override(struct_hook=_capabilities)),
+    )
+    return converter
+
+
+_converter = _build_converter()
+
+
+def _problems(exc: Exception) -> str:
+    """A converter's complaints on one line: ``family: expected a string, got int; has unknown keys: x``."""
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+
+    def reason(error: BaseException, _type: Any) -> str:
+        if isinstance(error, cattrs.ForbiddenExtraKeysError):
+            return f"has unknown keys: {', '.join(sorted(error.extra_fields))}"
+        return str(error)
+
+    found = []
+    for message in cattrs.transform_error(exc, path="", format_exception=reason):
+        text, _, where = message.rpartition(" @ ")
+        found.append(f"{where.removeprefix('.')}: {text}" if where else text)
+    return "; ".join(found)
+
+
 def _overrides(table: Any) -> dict[str, ModelOverride]:
+    """``[models."id"]`` tables, each structured by the strict converter into a ``ModelOverride``."""
     if not isinstance(table, dict):
         raise ConfigError("--config: [models] must be a table of per-model tables")
     result: dict[str, ModelOverride] = {}
-    fields = {f.name for f in attrs.fields(ModelOverride)}
     for name, values in table.items():
         where = f'--config: [models."{name}"]'
         if not isinstance(values, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(values) - fields
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
-        capabilities = values.get("capabilities")
-        if capabilities is not None:
-            if not isinstance(capabilities, list) or not set(capabilities) <= KNOWN_CAPABILITIES:
-                known = ", ".join(sorted(KNOWN_CAPABILITIES))
-                raise ConfigError(f"{where} capabilities must be a list drawn from {known}")
-            values = {**values, "capabilities": tuple(capabilities)}
-        for key in ("context_length", "embedding_length", "size"):
-            if key in values and (not isinstance(values[key], int) or values[key] < 0):
-                raise ConfigError(f"{where} {key} must be a non-negative integer")
-        for key in ("family", "parameter_size", "quantization_level"):
-            if key in values and not isinstance(values[key], str):
-                raise ConfigError(f"{where} {key} must be a string")
-        result[name] = ModelOverride(**values)
+        try:
+            result[name] = _converter.structure(values, ModelOverride)
+        except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} {_problems(exc)}") from None
     return result
 
 

@@ -180,10 +180,20 @@ def test_per_model_overrides_from_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[models."m"]\ncapabilities = ["flying"]\n', "capabilities must be a list drawn from"),
-        ('[models."m"]\ncontext_length = "big"\n', "context_length must be a non-negative integer"),
-        ('[models."m"]\ncolour = "red"\n', "unknown keys: colour"),
-        ('[models."m"]\nfamily = 3\n', "family must be a string"),
+        ('[models."m"]\ncapabilities = ["flying"]\n', "capabilities: expected a list drawn from audio, "),
+        ('[models."m"]\ncapabilities = "tools"\n', "capabilities: expected a list drawn from"),
+        (
+            '[models."m"]\ncontext_length = "big"\n',
+            "context_length: expected a non-negative integer, got str",
+        ),
+        ('[models."m"]\nsize = -1\n', "size: expected a non-negative integer, got -1"),
+        (
+            '[models."m"]\nembedding_length = true\n',
+            "embedding_length: expected a non-negative integer, got a",
+        ),
+        ('[models."m"]\ncolour = "red"\n', '[models."m"] has unknown keys: colour'),
+        ('[models."m"]\nfamily = 3\n', "family: expected a string, got int"),
+        ('[models."m"]\nfamily = 3\nhue = 1\n', "family: expected a string, got int; has unknown keys: hue"),
         ("models = 3\n", "[models] must be a table"),
         ("[models]\nm = 3\n", "must be a table"),
         ("bogus = 1\n", "unknown settings: bogus"),
