@@ -9,7 +9,7 @@ services before ``reactor.run()``, and only ``run()`` installs the signal handle
 own from ``callWhenRunning``), so a ``READY=1`` sent from the listen callback itself would let a
 supervisor's prompt SIGTERM kill the process before it could drain, or end it with the wrong status.
 
-The same protocol carries the ``--workers`` parent's conversation with its workers (``workers.py``): each
+The same protocol carries the ``--workers`` parent's conversation with its workers (``supervisor.py``): each
 worker's ``NOTIFY_SOCKET`` names a socket of the parent's, which :class:`NotifyReceiver` reads, with the
 sender's pid from the kernel (``SO_PASSCRED``).
 """
