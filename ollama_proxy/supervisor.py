@@ -43,6 +43,7 @@ from typing import Any
 import attrs
 from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
@@ -55,6 +56,7 @@ from ollama_proxy.balance import ConnectionBoard, board_path
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.sdnotify import NotifyReceiver, describe, sd_notify, watchdog_period
+from ollama_proxy.signals import install_when_running
 
 log = Logger(namespace="ollama_proxy.supervisor")
 
@@ -242,9 +244,10 @@ class Supervisor(Service):
         if self._stopping:
             return
         if self._handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._on_stop_signal)
-            signal.signal(signal.SIGHUP, self._on_sighup)
+            stop = self._stop_on_signal
+            install_when_running(
+                self.reactor, {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: self.reload}
+            )
         if self._period is not None:
             self._loop(lambda: sd_notify("WATCHDOG=1", self._environ), self._period, now=True)
             self._loop(self._check_watchdogs, self._period, now=False)
@@ -390,15 +393,12 @@ class Supervisor(Service):
 
     # -- signals ---------------------------------------------------------------------------------------
 
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        # reactor.stop() runs stopService (the drain).  A second signal changes nothing, and returning
-        # without re-raising the signal makes the exit status 0.
+    def _stop_on_signal(self) -> None:
+        # reactor.stop() runs stopService (the drain).  A second signal, or one after giving up, changes
+        # nothing (the flag is _give_up's too, so signals.stop_once would not do).
         if not self._stop_requested:
             self._stop_requested = True
-            self.reactor.callFromThread(self.reactor.stop)
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+            self.reactor.stop()
 
     def reload(self) -> None:
         """SIGHUP: every worker reloads its model map and client keys."""
@@ -414,8 +414,6 @@ class Supervisor(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        from ollama_proxy.service import _within
-
         self._stopping = True
         sd_notify("STOPPING=1", self._environ)
         for loop in self._loops:
@@ -432,7 +430,9 @@ class Supervisor(Service):
             log.info("stopping: {count} workers are draining", count=len(running))
             for worker in running:
                 _signal(worker, "TERM")
-            if not await _within(self.reactor, self._all_exited(), self.config.drain_timeout + STOP_GRACE):
+            try:
+                await self._all_exited().addTimeout(self.config.drain_timeout + STOP_GRACE, self.reactor)
+            except defer.TimeoutError:
                 for worker in self.workers:
                     if worker.process is not None:
                         log.warn(
@@ -441,7 +441,8 @@ class Supervisor(Service):
                             pid=worker.pid,
                         )
                         _signal(worker, "KILL")
-                await _within(self.reactor, self._all_exited(), 5.0)
+                with contextlib.suppress(defer.TimeoutError):
+                    await self._all_exited().addTimeout(5.0, self.reactor)
         if self._receiver is not None:
             self.reactor.removeReader(self._receiver)
             self._receiver.close()

@@ -27,6 +27,7 @@ from ollama_proxy.logs import json_observer
 from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.service import ProxyService, settle_garbage_collector
 from ollama_proxy.shared_metrics import SharedMetrics
+from ollama_proxy.signals import ignore_from_now_on, install_when_running, stop_once
 from ollama_proxy.supervisor import FIRST_FD, WorkerArguments
 from ollama_proxy.tap import Options
 
@@ -99,16 +100,18 @@ def worker_main(argv: Sequence[str]) -> None:
         service.app.metrics.shared = shared
         reactor.callWhenRunning(shared.start, reactor)
     attach_notifier(service, reactor)
-    reactor.callWhenRunning(_worker_signals, reactor, service)
+    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and sends SIGTERM.
+    install_when_running(
+        reactor,
+        {signal.SIGTERM: stop_once(reactor), signal.SIGINT: None, signal.SIGHUP: service.reload},
+    )
     reactor.callWhenRunning(settle_garbage_collector)
     service.startService()
     reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
     reactor.run()
     # Stopped and drained.  A late signal (a supervisor that signals the whole process group sends one more)
-    # must not turn this clean exit into "killed by SIGTERM" while Python shuts down; ignored signals stay
-    # ignored to the end, handled ones do not.
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
+    # must not turn this clean exit into "killed by SIGTERM".
+    ignore_from_now_on(signal.SIGTERM, signal.SIGHUP, signal.SIGINT)
 
 
 def _share_connections(service: Any, reactor: Any, board: ConnectionBoard, slot: int) -> None:
@@ -129,21 +132,6 @@ def _share_connections(service: Any, reactor: Any, board: ConnectionBoard, slot:
             each.stop()
 
     reactor.addSystemEventTrigger("before", "shutdown", stop_taking_turns)
-
-
-def _worker_signals(reactor: Any, service: Any) -> None:
-    stopping = False
-
-    def terminate(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:  # a second SIGTERM (KillMode=control-group sends one too) changes nothing
-            stopping = True
-            reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGTERM, terminate)
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and sends SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(service.reload))
 
 
 if __name__ == "__main__":
