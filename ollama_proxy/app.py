@@ -36,7 +36,7 @@ class App:
     def build(cls, config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> App:
         """``agent``: how backend requests travel (tests pass an in-memory one); default, TCP."""
         metrics = Metrics()
-        backends = tuple(_client(spec, config, reactor, metrics, agent) for spec in config.all_backends)
+        backends = tuple(_client(spec, config, reactor, metrics, agent) for spec in config.backends)
         catalog = ModelCatalog(
             backends, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
         )

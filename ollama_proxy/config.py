@@ -17,7 +17,10 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import attrs
+import cattrs
+from cattrs.gen import make_dict_structure_fn, override
 
+from ollama_proxy import schemas
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.models import KNOWN_CAPABILITIES, ModelOverride
@@ -66,14 +69,12 @@ class BackendConfig:
 class ProxyConfig:
     """Everything the daemon needs to start; never mutated (a model-map reload replaces only the map).
 
-    ``backend``, ``api_key`` and ``dialect`` describe the first (often only) backend; ``backends`` lists
-    them all when there are several.
+    ``backends`` is the one place the backends are described, however many there are: the first is where
+    requests naming no known model go.  :meth:`for_backend` builds the common case of one.
     """
 
-    backend: str
+    backends: tuple[BackendConfig, ...] = attrs.field(validator=attrs.validators.min_len(1))
     listen: tuple[str, ...] = (DEFAULT_LISTEN,)
-    api_key: str | None = attrs.field(default=None, repr=False)
-    dialect: Dialect = Dialect.VLLM
     model_map_path: str | None = None
     model_map: Mapping[str, str] = attrs.field(factory=dict)
     models: Mapping[str, ModelOverride] = attrs.field(factory=dict)
@@ -99,11 +100,15 @@ class ProxyConfig:
     log_format: str = "text"
     log_bodies: bool = False
     workers: int = 1
-    backends: tuple[BackendConfig, ...] = ()
 
-    @property
-    def all_backends(self) -> tuple[BackendConfig, ...]:
-        return self.backends or (BackendConfig(url=self.backend, api_key=self.api_key, dialect=self.dialect),)
+    @classmethod
+    def for_backend(
+        cls, url: str, *, api_key: str | None = None, dialect: Dialect | None = None, **settings: Any
+    ) -> ProxyConfig:
+        """A daemon in front of the one backend at ``url`` (its dialect guessed from the host, as for
+        ``--backend``, unless given); ``settings`` are the other fields."""
+        backend = BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url))
+        return cls(backends=(backend,), **settings)
 
 
 # -- value parsers: each raises ValueError with a reason; the caller adds the option name -------------
@@ -363,31 +368,73 @@ def _read_api_key(path: str) -> str:
     return key
 
 
+def _count(value: Any, _type: Any) -> int:
+    """Every integer of a ``[models."id"]`` table is a length or a size: a whole number, 0 or more."""
+    if isinstance(value, bool):
+        raise TypeError("expected a non-negative integer, got a boolean")
+    if not isinstance(value, int):
+        raise TypeError(f"expected a non-negative integer, got {type(value).__name__}")
+    if value < 0:
+        raise TypeError(f"expected a non-negative integer, got {value}")
+    return value
+
+
+def _capabilities(value: Any, _type: Any) -> tuple[str, ...]:
+    if (
+        isinstance(value, list)
+        and all(isinstance(c, str) for c in value)
+        and set(value) <= KNOWN_CAPABILITIES
+    ):
+        return tuple(value)
+    raise TypeError(f"expected a list drawn from {', '.join(sorted(KNOWN_CAPABILITIES))}")
+
+
+def _build_converter() -> cattrs.Converter:
+    """The request converter's strict hooks (a number where a string belongs is refused, not turned into
+    ``"3"``), except that an unknown key is refused too: in a config file it is a typo, where in a request
+    body it is some client's extension.  Every field ``ModelOverride`` has, now or later, is checked."""
+    converter = schemas.converter.copy(forbid_extra_keys=True)
+    converter.register_structure_hook(int, _count)
+    converter.register_structure_hook(
+        ModelOverride,
+        make_dict_structure_fn(ModelOverride, converter, capabilities=override(struct_hook=_capabilities)),
+    )
+    return converter
+
+
+_converter = _build_converter()
+
+
+def _problems(exc: Exception) -> str:
+    """A converter's complaints on one line: ``family: expected a string, got int; has unknown keys: x``."""
+    if not isinstance(exc, cattrs.BaseValidationError):
+        return str(exc)
+
+    def reason(error: BaseException, _type: Any) -> str:
+        if isinstance(error, cattrs.ForbiddenExtraKeysError):
+            return f"has unknown keys: {', '.join(sorted(error.extra_fields))}"
+        return str(error)
+
+    found = []
+    for message in cattrs.transform_error(exc, path="", format_exception=reason):
+        text, _, where = message.rpartition(" @ ")
+        found.append(f"{where.removeprefix('.')}: {text}" if where else text)
+    return "; ".join(found)
+
+
 def _overrides(table: Any) -> dict[str, ModelOverride]:
+    """``[models."id"]`` tables, each structured by the strict converter into a ``ModelOverride``."""
     if not isinstance(table, dict):
         raise ConfigError("--config: [models] must be a table of per-model tables")
     result: dict[str, ModelOverride] = {}
-    fields = {f.name for f in attrs.fields(ModelOverride)}
     for name, values in table.items():
         where = f'--config: [models."{name}"]'
         if not isinstance(values, dict):
             raise ConfigError(f"{where} must be a table")
-        unknown = set(values) - fields
-        if unknown:
-            raise ConfigError(f"{where} has unknown keys: {', '.join(sorted(unknown))}")
-        capabilities = values.get("capabilities")
-        if capabilities is not None:
-            if not isinstance(capabilities, list) or not set(capabilities) <= KNOWN_CAPABILITIES:
-                known = ", ".join(sorted(KNOWN_CAPABILITIES))
-                raise ConfigError(f"{where} capabilities must be a list drawn from {known}")
-            values = {**values, "capabilities": tuple(capabilities)}
-        for key in ("context_length", "embedding_length", "size"):
-            if key in values and (not isinstance(values[key], int) or values[key] < 0):
-                raise ConfigError(f"{where} {key} must be a non-negative integer")
-        for key in ("family", "parameter_size", "quantization_level"):
-            if key in values and not isinstance(values[key], str):
-                raise ConfigError(f"{where} {key} must be a string")
-        result[name] = ModelOverride(**values)
+        try:
+            result[name] = _converter.structure(values, ModelOverride)
+        except (cattrs.BaseValidationError, TypeError, ValueError) as exc:
+            raise ConfigError(f"{where} {_problems(exc)}") from None
     return result
 
 
@@ -452,19 +499,14 @@ def build_config(
     api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
     model_map_path = values.pop("model_map", None)
     dialect = values.pop("dialect", None)
-    several = (
-        _backends(backends, backend_tables, api_key, dialect, environ, config_path)
-        if (len(backends) > 1 or backend_tables)
-        else ()
-    )
-    if several:
-        values["backend"] = several[0].url
-        api_key, dialect = several[0].api_key, several[0].dialect
+    url = values.pop("backend", None)
+    if len(backends) > 1 or backend_tables:
+        chosen = _backends(backends, backend_tables, api_key, dialect, environ, config_path)
+    else:
+        chosen = (BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url)),)
     return ProxyConfig(
+        backends=chosen,
         listen=endpoints,
-        api_key=api_key,
-        backends=several,
-        dialect=dialect or guess_dialect(values["backend"]),
         model_map_path=model_map_path,
         model_map=load_model_map(model_map_path) if model_map_path else {},
         models=_overrides(toml.get("models", {})),

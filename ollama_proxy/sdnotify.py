@@ -6,10 +6,10 @@ Sending never raises: readiness is a courtesy to the supervisor and must never t
 
 ``READY=1`` goes out once every listener is bound, one reactor turn after ``callWhenRunning``: twistd starts
 services before ``reactor.run()``, and only ``run()`` installs the signal handlers (the daemon installs its
-own from ``callWhenRunning``), so a ``READY=1`` sent from the listen callback itself would let a
-supervisor's prompt SIGTERM kill the process before it could drain, or end it with the wrong status.
+own from ``callWhenRunning``, ``signals.py``), so a ``READY=1`` sent from the listen callback itself would
+let a supervisor's prompt SIGTERM kill the process before it could drain, or end it with the wrong status.
 
-The same protocol carries the ``--workers`` parent's conversation with its workers (``workers.py``): each
+The same protocol carries the ``--workers`` parent's conversation with its workers (``supervisor.py``): each
 worker's ``NOTIFY_SOCKET`` names a socket of the parent's, which :class:`NotifyReceiver` reads, with the
 sender's pid from the kernel (``SO_PASSCRED``).
 """

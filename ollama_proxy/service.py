@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import signal
 from typing import Any
 
 from prometheus_client.core import Metric
 from twisted.application.service import MultiService, Service
-from twisted.internet.defer import CancelledError, Deferred, ensureDeferred
+from twisted.internet import defer
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.interfaces import IListeningPort
 from twisted.internet.task import LoopingCall
@@ -25,6 +27,7 @@ from ollama_proxy.metrics import gauge
 from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
 from ollama_proxy.sdnotify import describe
+from ollama_proxy.signals import SignalHandlers, install_when_running, stop_once
 from ollama_proxy.site import ProxySite
 
 log = Logger(namespace="ollama_proxy.service")
@@ -124,7 +127,7 @@ class ProxyService(MultiService):
         for listener in self.listeners:
             listener.setServiceParent(self)
         self._handle_signals = handle_signals
-        self._previous_handlers: dict[int, Any] = {}
+        self._signals: SignalHandlers | None = None
 
     def startService(self) -> None:
         for client in self.app.backends:
@@ -135,20 +138,12 @@ class ProxyService(MultiService):
             )
         super().startService()
         self._refresh.start(self.config.models_ttl, now=False)
-        if self._handle_signals:
-            # After reactor.run() has installed Twisted's own handlers, which these replace.
-            self.reactor.callWhenRunning(self._install_signal_handlers)
-
-    def _install_signal_handlers(self) -> None:
-        for signum, handler in ((signal.SIGTERM, self._on_sigterm), (signal.SIGHUP, self._on_sighup)):
-            self._previous_handlers[signum] = signal.signal(signum, handler)
-
-    def _on_sigterm(self, signum: int, frame: Any) -> None:
-        # reactor.stop() runs stopService (the drain); leaving without re-raising the signal exits 0.
-        self.reactor.callFromThread(self.reactor.stop)
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+        if self._handle_signals and self._signals is None:
+            # reactor.stop() runs stopService (the drain); a handled SIGTERM, unlike Twisted's own, is not
+            # re-raised by twistd at the end, so the drained daemon exits 0.
+            self._signals = install_when_running(
+                self.reactor, {signal.SIGTERM: stop_once(self.reactor), signal.SIGHUP: self.reload}
+            )
 
     def reload(self) -> None:
         """SIGHUP: re-read the model map and the client keys; a broken file keeps the old values."""
@@ -206,9 +201,6 @@ class ProxyService(MultiService):
     def stopService(self) -> Deferred[None]:
         if self._refresh.running:
             self._refresh.stop()
-        for signum, handler in self._previous_handlers.items():
-            signal.signal(signum, handler)
-        self._previous_handlers.clear()
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
@@ -232,22 +224,11 @@ class ProxyService(MultiService):
             timeout=timeout,
             count=len(self.site.active),
         )
-        if await _within(self.reactor, self.site.idle(), timeout):
-            return
-        log.warn("stopping: ending {count} unfinished requests", count=len(self.site.active))
-        for request in list(self.site.active):
-            request.end(Overloaded("the server is shutting down"))
-        await _within(self.reactor, self.site.idle(), 2.0)
-
-
-async def _within(clock: Any, waiting: Deferred[None], seconds: float) -> bool:
-    """Whether ``waiting`` fired within ``seconds`` (it is cancelled otherwise)."""
-    timer = clock.callLater(seconds, waiting.cancel)
-    try:
-        await waiting
-    except CancelledError:
-        return False
-    finally:
-        if timer.active():
-            timer.cancel()
-    return True
+        try:
+            await self.site.idle().addTimeout(timeout, self.reactor)
+        except defer.TimeoutError:
+            log.warn("stopping: ending {count} unfinished requests", count=len(self.site.active))
+            for request in list(self.site.active):
+                request.end(Overloaded("the server is shutting down"))
+            with contextlib.suppress(defer.TimeoutError):
+                await self.site.idle().addTimeout(2.0, self.reactor)

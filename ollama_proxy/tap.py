@@ -13,6 +13,7 @@ from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.service import ProxyService, settle_garbage_collector
+from ollama_proxy.supervisor import Supervisor, check_shareable
 
 
 class Options(usage.Options):
@@ -55,8 +56,6 @@ class Options(usage.Options):
             config = build_config(self, os.environ, self["config"], tuple(self.listen), tuple(self.backends))
             _check_endpoints(config.listen)
             if config.workers > 1:
-                from ollama_proxy.workers import check_shareable
-
                 check_shareable(config.listen)
         except ConfigError as exc:
             # One clear line and a non-zero exit, rather than twistd's full usage text or a traceback.
@@ -83,15 +82,13 @@ def _check_endpoints(endpoints: tuple[str, ...]) -> None:
 
 def makeService(options: Options, reactor: Any = None) -> Any:
     """The daemon (a ``ProxyService`` that tells systemd when it is ready), or with ``--workers`` N > 1 the
-    ``Supervisor`` of N such daemons (``workers.py``)."""
+    ``Supervisor`` of N such daemons (``supervisor.py``)."""
     if reactor is None:
         from twisted.internet import reactor as global_reactor
 
         reactor = global_reactor
     assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
     if options.config.workers > 1:
-        from ollama_proxy.workers import Supervisor
-
         return Supervisor(options.config, reactor, options.argv, handle_signals=True)
     service = ProxyService(options.config, reactor, handle_signals=True)
     attach_notifier(service, reactor)

@@ -38,8 +38,10 @@ class RunningProxy:
 
 
 async def start_proxy(backend: FakeBackend, backend_url: str, **settings: Any) -> RunningProxy:
+    """The daemon in this process in front of ``backend`` at ``backend_url``; ``settings`` are those of
+    ``ProxyConfig.for_backend`` (``api_key``, ``dialect`` and any other field)."""
     settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
-    config = ProxyConfig(backend=backend_url, **settings)
+    config = ProxyConfig.for_backend(backend_url, **settings)
     service = ProxyService(config, reactor())
     service.startService()
     port = await service.listeners[0].listening

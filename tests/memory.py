@@ -81,7 +81,7 @@ class MemoryDaemon:
         self.backend.base_url = BACKEND_URL
         self._to_backend = ServingAgent(self.backend.site())
         settings.setdefault("listen", ())
-        config = ProxyConfig(backend=BACKEND_URL, **settings)
+        config = ProxyConfig.for_backend(BACKEND_URL, **settings)
         self.service = ProxyService(config, self.clock, agent=self._to_backend)
         self._to_daemon = ServingAgent(self.service.site)
         # Bodies written at once: treq's default producer would wait on the real reactor's cooperator.

@@ -9,7 +9,14 @@ from pathlib import Path
 
 import pytest
 
-from ollama_proxy.config import DEFAULT_LISTEN, build_config, listen_from_ollama_host, load_model_map
+from ollama_proxy.config import (
+    DEFAULT_LISTEN,
+    BackendConfig,
+    ProxyConfig,
+    build_config,
+    listen_from_ollama_host,
+    load_model_map,
+)
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.tap import Options
 from ollama_proxy.translate.dialect import Dialect
@@ -22,12 +29,16 @@ def cli(**values: object) -> dict[str, object]:
     return {key.replace("_", "-"): value for key, value in values.items()}
 
 
+def url(config: ProxyConfig) -> str:
+    """The URL of the config's one backend."""
+    (backend,) = config.backends
+    return backend.url
+
+
 def test_minimal_config_uses_defaults() -> None:
     config = build_config(cli(backend=BACKEND + "/"), {})
-    assert config.backend == BACKEND
+    assert config.backends == (BackendConfig(url=BACKEND, api_key=None, dialect=Dialect.VLLM),)
     assert config.listen == (DEFAULT_LISTEN,)
-    assert config.api_key is None
-    assert config.dialect is Dialect.VLLM
 
 
 @pytest.mark.parametrize(
@@ -39,7 +50,8 @@ def test_minimal_config_uses_defaults() -> None:
     ],
 )
 def test_dialect_is_guessed_from_the_backend_host(url: str, dialect: Dialect) -> None:
-    assert build_config(cli(backend=url), {}).dialect is dialect
+    assert build_config(cli(backend=url), {}).backends[0].dialect is dialect
+    assert ProxyConfig.for_backend(url).backends[0].dialect is dialect  # what the tests build, guessed alike
 
 
 def test_precedence_cli_over_env_over_toml(tmp_path: Path) -> None:
@@ -49,18 +61,18 @@ def test_precedence_cli_over_env_over_toml(tmp_path: Path) -> None:
     )
     env = {"OLLAMA_PROXY_BACKEND": "http://from-env/v1", "OLLAMA_PROXY_POOL_SIZE": "5"}
     config = build_config(cli(backend="http://from-cli/v1"), env, str(toml))
-    assert config.backend == "http://from-cli/v1"
+    assert url(config) == "http://from-cli/v1"
     assert config.pool_size == 5
     assert config.models_ttl == 7.5
     assert config.ollama_version == "0.9.0"
-    assert build_config({}, env, str(toml)).backend == "http://from-env/v1"
-    assert build_config({}, {}, str(toml)).backend == "http://from-toml/v1"
+    assert url(build_config({}, env, str(toml))) == "http://from-env/v1"
+    assert url(build_config({}, {}, str(toml))) == "http://from-toml/v1"
 
 
 def test_config_path_from_environment(tmp_path: Path) -> None:
     toml = tmp_path / "proxy.toml"
     toml.write_text('backend = "http://from-toml/v1"\n')
-    assert build_config({}, {"OLLAMA_PROXY_CONFIG": str(toml)}).backend == "http://from-toml/v1"
+    assert url(build_config({}, {"OLLAMA_PROXY_CONFIG": str(toml)})) == "http://from-toml/v1"
 
 
 @pytest.mark.parametrize(
@@ -89,12 +101,12 @@ def test_bad_values_name_the_option(values: dict[str, str], env: dict[str, str],
 
 def test_api_key_from_environment_or_file_and_never_in_repr(tmp_path: Path) -> None:
     config = build_config(cli(backend=BACKEND), {"OPENAI_API_KEY": "sk-env-secret"})
-    assert config.api_key == "sk-env-secret"
+    assert config.backends[0].api_key == "sk-env-secret"
     assert "sk-env-secret" not in repr(config)
     key_file = tmp_path / "key"
     key_file.write_text("sk-file-secret\n")
     config = build_config(cli(backend=BACKEND, api_key_file=str(key_file)), {"OPENAI_API_KEY": "sk-env"})
-    assert config.api_key == "sk-file-secret"
+    assert config.backends[0].api_key == "sk-file-secret"
     empty = tmp_path / "empty"
     empty.write_text("  \n")
     with pytest.raises(ConfigError, match=r"^--api-key-file: .* is empty"):
@@ -168,10 +180,20 @@ def test_per_model_overrides_from_toml(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("text", "message"),
     [
-        ('[models."m"]\ncapabilities = ["flying"]\n', "capabilities must be a list drawn from"),
-        ('[models."m"]\ncontext_length = "big"\n', "context_length must be a non-negative integer"),
-        ('[models."m"]\ncolour = "red"\n', "unknown keys: colour"),
-        ('[models."m"]\nfamily = 3\n', "family must be a string"),
+        ('[models."m"]\ncapabilities = ["flying"]\n', "capabilities: expected a list drawn from audio, "),
+        ('[models."m"]\ncapabilities = "tools"\n', "capabilities: expected a list drawn from"),
+        (
+            '[models."m"]\ncontext_length = "big"\n',
+            "context_length: expected a non-negative integer, got str",
+        ),
+        ('[models."m"]\nsize = -1\n', "size: expected a non-negative integer, got -1"),
+        (
+            '[models."m"]\nembedding_length = true\n',
+            "embedding_length: expected a non-negative integer, got a",
+        ),
+        ('[models."m"]\ncolour = "red"\n', '[models."m"] has unknown keys: colour'),
+        ('[models."m"]\nfamily = 3\n', "family: expected a string, got int"),
+        ('[models."m"]\nfamily = 3\nhue = 1\n', "family: expected a string, got int; has unknown keys: hue"),
         ("models = 3\n", "[models] must be a table"),
         ("[models]\nm = 3\n", "must be a table"),
         ("bogus = 1\n", "unknown settings: bogus"),

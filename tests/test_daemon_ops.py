@@ -80,6 +80,8 @@ def test_sigterm_lets_streams_finish_and_exits_zero() -> None:
         thread = _stream_in_thread(url, lines, first)
         assert first.wait(15)
         daemon.process.send_signal(signal.SIGTERM)
+        daemon.wait_for(r"stopping: waiting up to")
+        daemon.process.send_signal(signal.SIGTERM)  # a second one (an impatient operator) changes nothing
         thread.join(15)
         assert daemon.process.wait(timeout=30) == 0
         assert "".join(line["message"]["content"] for line in lines) == "Hello!"

@@ -142,7 +142,7 @@ def test_service_command_lines_are_accepted_by_the_daemon(
     options.parseOptions(args)
     config = options.config
     assert config is not None
-    assert config.api_key == "sk-from-a-credential"
+    assert config.backends[0].api_key == "sk-from-a-credential"
     assert config.model_map == load_model_map(str(ETC / "model-map.json"))
     assert config.log_format == "json"
 
@@ -277,7 +277,7 @@ def test_environment_file_and_toml_load_together(tmp_path: Path) -> None:
     config = build_config({}, environ, str(ETC / "ollama-proxy.toml"))
     assert config.model_map == load_model_map(str(ETC / "model-map.json"))
     assert config.log_format == "json"
-    assert config.backend == "http://127.0.0.1:8000/v1"
+    assert [backend.url for backend in config.backends] == ["http://127.0.0.1:8000/v1"]
 
 
 def test_example_toml_shows_every_setting_with_a_valid_value() -> None:

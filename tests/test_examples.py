@@ -11,7 +11,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_example_toml_loads() -> None:
     config = build_config({}, {}, str(ROOT / "etc" / "ollama-proxy.toml"))
-    assert config.backend == "http://127.0.0.1:8000/v1"
+    assert [backend.url for backend in config.backends] == ["http://127.0.0.1:8000/v1"]
     assert config.models["gpt-4o*"].context_length == 128000
 
 
@@ -34,7 +34,7 @@ def test_grafana_dashboard_queries_only_series_we_export() -> None:
 
     dashboard = json.loads((ROOT / "docs" / "grafana-dashboard.json").read_text())
     # A daemon's own registry, with the scrape-time gauges its site and backends add (not started).
-    service = ProxyService(ProxyConfig(backend="http://backend.test/v1", listen=()), Clock())
+    service = ProxyService(ProxyConfig.for_backend("http://backend.test/v1", listen=()), Clock())
     exported = service.app.metrics.exposition().decode()
     families = dict(re.findall(r"^# TYPE (\S+) (\S+)$", exported, re.MULTILINE))
     queried = 0

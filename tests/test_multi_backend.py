@@ -41,7 +41,6 @@ async def fleet() -> AsyncIterator[Fleet]:
     await chat.listen(reactor())
     await embed.listen(reactor())
     config = ProxyConfig(
-        backend=chat.base_url,
         listen=("tcp:0:interface=127.0.0.1",),
         backends=(
             BackendConfig(url=chat.base_url, name="chat", api_key="key-chat"),
@@ -138,16 +137,25 @@ def test_repeated_backend_options() -> None:
     options = Options()
     options.parseOptions(["--backend", "http://a:8000/v1", "--backend", "https://api.openai.com/v1"])
     assert options.config is not None
-    backends = options.config.all_backends
+    backends = options.config.backends
     assert [b.url for b in backends] == ["http://a:8000/v1", "https://api.openai.com/v1"]
     assert [b.dialect for b in backends] == [Dialect.VLLM, Dialect.OPENAI]
-    assert options.config.backend == "http://a:8000/v1"
 
 
 def test_one_backend_works_as_before() -> None:
     config = build_config({}, {}, backends=("http://a:8000/v1",))
-    assert config.backends == ()
-    assert [b.url for b in config.all_backends] == ["http://a:8000/v1"]
+    assert config.backends == (BackendConfig(url="http://a:8000/v1", dialect=Dialect.VLLM),)
+
+
+def test_a_config_has_at_least_one_backend() -> None:
+    with pytest.raises(ValueError, match="backends"):
+        ProxyConfig(backends=())
+    config = ProxyConfig.for_backend("https://api.openai.com/v1", api_key="sk-x", workers=2)
+    assert config.backends == (
+        BackendConfig("https://api.openai.com/v1", api_key="sk-x", dialect=Dialect.OPENAI),
+    )
+    assert config.workers == 2
+    assert "sk-x" not in repr(config)
 
 
 def test_backend_tables_in_toml(tmp_path: Path) -> None:
@@ -162,7 +170,7 @@ def test_backend_tables_in_toml(tmp_path: Path) -> None:
         'dialect = "llamacpp"\n'
     )
     config = build_config({}, {"EMBED_KEY": "sk-embed", "OPENAI_API_KEY": "sk-default"}, str(toml))
-    first, router, embedder = config.all_backends
+    first, router, embedder = config.backends
     assert (first.name, first.api_key, first.dialect) == ("gpu1", "sk-default", Dialect.VLLM)
     assert (router.api_key, router.dialect) == ("sk-or", Dialect.OPENROUTER)
     assert router.serves("anthropic/claude-3.5")

@@ -29,14 +29,16 @@ from twisted.internet.task import Clock, deferLater
 from twisted.python.failure import Failure
 
 from ollama_proxy.errors import ConfigError
-from ollama_proxy.workers import (
+from ollama_proxy.supervisor import (
+    STOP_GRACE,
+    WORKER_MODULE,
     Backoff,
     Supervisor,
     WorkerArguments,
     check_shareable,
     exit_description,
-    worker_observer,
 )
+from ollama_proxy.worker import worker_observer
 from tests.test_daemon import ROOT, Child, _env
 from tests.twistd_measured import twistd_command
 
@@ -84,7 +86,7 @@ def test_exit_descriptions() -> None:
 def test_worker_arguments() -> None:
     argv = ["--index=1", "--parent=42", "--sockets=2", "--board=/run/x=y/connections", "--workers=3"]
     argv += ["--", "--backend", "http://b/v1", "--", "x"]
-    assert WorkerArguments.parse(argv) == WorkerArguments(
+    arguments = WorkerArguments(
         index=1,
         parent=42,
         sockets=2,
@@ -92,6 +94,17 @@ def test_worker_arguments() -> None:
         workers=3,
         plugin_argv=["--backend", "http://b/v1", "--", "x"],
     )
+    assert WorkerArguments.parse(argv) == arguments
+    assert arguments.argv() == argv  # what the supervisor writes is what the worker reads
+
+
+def test_the_worker_module_is_what_the_supervisor_starts() -> None:
+    import importlib.util
+
+    spec = importlib.util.find_spec(WORKER_MODULE)
+    assert spec is not None
+    assert spec.origin is not None
+    assert spec.origin.endswith("ollama_proxy/worker.py")
 
 
 def test_worker_log_lines_name_the_worker(capsys: pytest.CaptureFixture[str]) -> None:
@@ -555,6 +568,9 @@ class _FakeReactor(Clock):
         self.spawned.append((protocol, args, options["env"], options["childFDs"]))
         return _FakeProcess(1000 + len(self.spawned))
 
+    def removeReader(self, reader: Any) -> None:  # noqa: N802 -- Twisted's name
+        """The notify socket's reader, at the end of a stop."""
+
 
 def _supervisor(tmp_path: Path) -> tuple[Supervisor, _FakeReactor]:
     from types import SimpleNamespace
@@ -562,11 +578,11 @@ def _supervisor(tmp_path: Path) -> tuple[Supervisor, _FakeReactor]:
     from ollama_proxy.config import ProxyConfig
 
     fake = _FakeReactor()
-    config = ProxyConfig(backend="http://127.0.0.1:9/v1", workers=1)
+    config = ProxyConfig.for_backend("http://127.0.0.1:9/v1", workers=1)
     environ = {"NOTIFY_SOCKET": "/nonexistent", "LISTEN_FDS": "1", "WATCHDOG_USEC": "2000000", "KEEP": "me"}
     supervisor = Supervisor(config, fake, ["--backend", "http://127.0.0.1:9/v1"], environ=environ)
     supervisor.directory = str(tmp_path)
-    supervisor._receiver = SimpleNamespace(path="/run/notify")  # type: ignore[assignment]
+    supervisor._receiver = SimpleNamespace(path="/run/notify", close=lambda: None)  # type: ignore[assignment]
     return supervisor, fake
 
 
@@ -577,7 +593,7 @@ def test_supervisor_restarts_with_backoff_and_gives_up_on_workers_that_never_sta
     (worker,) = supervisor.workers
     supervisor._spawn(worker)
     _protocol, args, env, fds = fake.spawned[0]
-    assert args[1:6] == ["-m", "ollama_proxy.workers", "--index=0", f"--parent={os.getpid()}", "--sockets=0"]
+    assert args[1:6] == ["-m", "ollama_proxy.worker", "--index=0", f"--parent={os.getpid()}", "--sockets=0"]
     assert args[-2:] == ["--backend", "http://127.0.0.1:9/v1"]
     assert env["KEEP"] == "me"
     assert "LISTEN_FDS" not in env  # the parent's, not the worker's
@@ -630,6 +646,34 @@ def test_supervisor_counts_ready_workers_retries_a_failed_spawn_and_kills_a_sile
     assert worker.process.signals == ["KILL", "HUP"]
 
 
+@pytest.mark.parametrize("stops_in_time", [True, False])
+def test_supervisor_stop_waits_for_the_drain_and_kills_workers_still_running_after_it(
+    tmp_path: Path, stops_in_time: bool
+) -> None:
+    from twisted.internet.error import ProcessDone, ProcessTerminated
+
+    supervisor, fake = _supervisor(tmp_path)
+    (worker,) = supervisor.workers
+    supervisor._spawn(worker)
+    process, protocol = worker.process, fake.spawned[-1][0]
+    stopped = supervisor.stopService()
+    assert process.signals == ["TERM"]
+    fake.advance(supervisor.config.drain_timeout + STOP_GRACE - 0.1)
+    assert not stopped.called
+    if stops_in_time:
+        protocol.processEnded(Failure(ProcessDone(0)))
+        assert stopped.called
+        assert process.signals == ["TERM"]
+        assert fake.getDelayedCalls() == []  # the timeout went with the wait
+        return
+    fake.advance(0.1)
+    assert process.signals == ["TERM", "KILL"]
+    assert not stopped.called
+    protocol.processEnded(Failure(ProcessTerminated(signal=signal.SIGKILL)))
+    assert stopped.called
+    assert not tmp_path.exists()  # the supervisor's directory is gone once it has stopped
+
+
 def test_twistd_with_workers_exits_1_when_it_cannot_listen() -> None:
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
@@ -650,4 +694,4 @@ def test_twistd_with_workers_exits_1_when_it_cannot_listen() -> None:
     assert re.search(
         rf"cannot listen: Couldn't listen on 127\.0\.0\.1:{port}: .*Address already in use", result.stdout
     )
-    assert "worker" not in result.stdout.replace("ollama_proxy.workers#error", "")  # none was started
+    assert "worker" not in result.stdout.replace("ollama_proxy.supervisor#error", "")  # none was started

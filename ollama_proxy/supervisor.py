@@ -1,15 +1,17 @@
 """``--workers N``: a parent process that binds the listening sockets once and supervises N worker processes
-that serve them, so the daemon uses N cores behind one port with no load balancer of its own.
+that serve them, so the daemon uses N cores behind one port with no load balancer of its own.  This module is
+the parent (``twistd ollamaproxy --workers N``, the :class:`Supervisor` service); ``worker.py`` is each
+worker.
 
-The parent (``twistd ollamaproxy --workers N``, the :class:`Supervisor` service):
+The parent:
 
 * binds every ``--listen`` endpoint (``systemd:`` ones are adopted from systemd), stops accepting on them
   itself, and hands them to each worker as descriptors 3, 4, ...; each new connection goes to one of the
   workers waiting on the shared socket, the one with the fewest open connections where it can
   (``balance.py``);
-* starts the workers as ``python -m ollama_proxy.workers`` with the same plugin arguments and environment
-  (minus the parent's own systemd variables), so each builds the same configuration, its own backend pool,
-  and listens on ``inherit:fd=3`` ...;
+* starts the workers as ``python -m ollama_proxy.worker`` (:class:`WorkerArguments`, then the same plugin
+  arguments) with the same environment (minus the parent's own systemd variables), so each builds the same
+  configuration, its own backend pool, and listens on ``inherit:fd=3`` ...;
 * hears from them over the notify protocol on a private socket (``sdnotify.py``): ``READY=1`` from every
   worker makes the parent send its own ``READY=1`` to systemd; ``WATCHDOG=1`` pings, when systemd set a
   watchdog on the parent, let it kill a worker that stopped answering;
@@ -22,12 +24,14 @@ The parent (``twistd ollamaproxy --workers N``, the :class:`Supervisor` service)
 
 Metrics: every worker keeps its series in a directory the parent owns (prometheus-client's multiprocess
 mode, ``shared_metrics.py``), so ``/metrics`` answered by any worker covers the whole daemon.
+
+Nothing here imports the worker: the parent names it only by :data:`WORKER_MODULE`, and the worker imports
+what both must agree on (:class:`WorkerArguments`, :data:`FIRST_FD`) from here.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import os
 import shutil
 import signal
@@ -39,23 +43,25 @@ from typing import Any
 import attrs
 from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import Service
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred
 from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
-from twisted.logger import ILogObserver, LogEvent, Logger, globalLogBeginner, textFileLogObserver
+from twisted.logger import Logger
 from twisted.python.failure import Failure
-from zope.interface import provider
 
-from ollama_proxy.balance import ConnectionBoard, TakeTurns, board_path
+from ollama_proxy.balance import ConnectionBoard, board_path
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.errors import ConfigError
-from ollama_proxy.logs import json_observer
 from ollama_proxy.sdnotify import NotifyReceiver, describe, sd_notify, watchdog_period
+from ollama_proxy.signals import install_when_running
 
-log = Logger(namespace="ollama_proxy.workers")
+log = Logger(namespace="ollama_proxy.supervisor")
 
+# What each worker runs: ``python -m WORKER_MODULE``.
+WORKER_MODULE = "ollama_proxy.worker"
 # Endpoint types whose listening socket can be handed to another process as it is.
 SHAREABLE = frozenset({"tcp", "tcp6", "unix", "systemd", "inherit"})
 # The workers' first inherited socket, as in systemd's protocol.
@@ -66,7 +72,6 @@ PARENT_ONLY = frozenset(
 )
 # A stopping worker gets the drain timeout plus this long before it is killed.
 STOP_GRACE = 10.0
-PR_SET_PDEATHSIG = 1
 
 
 def check_shareable(endpoints: Sequence[str]) -> None:
@@ -239,9 +244,10 @@ class Supervisor(Service):
         if self._stopping:
             return
         if self._handle_signals:
-            for signum in (signal.SIGTERM, signal.SIGINT):
-                signal.signal(signum, self._on_stop_signal)
-            signal.signal(signal.SIGHUP, self._on_sighup)
+            stop = self._stop_on_signal
+            install_when_running(
+                self.reactor, {signal.SIGTERM: stop, signal.SIGINT: stop, signal.SIGHUP: self.reload}
+            )
         if self._period is not None:
             self._loop(lambda: sd_notify("WATCHDOG=1", self._environ), self._period, now=True)
             self._loop(self._check_watchdogs, self._period, now=False)
@@ -260,18 +266,15 @@ class Supervisor(Service):
         worker.restart = None
         if self._stopping:
             return
-        args = [
-            self._executable,
-            "-m",
-            "ollama_proxy.workers",
-            f"--index={worker.index}",
-            f"--parent={os.getpid()}",
-            f"--sockets={len(self.ports)}",
-            f"--board={board_path(self.directory)}",
-            f"--workers={len(self.workers)}",
-            "--",
-            *self._argv,
-        ]
+        arguments = WorkerArguments(
+            index=worker.index,
+            parent=os.getpid(),
+            sockets=len(self.ports),
+            board=board_path(self.directory),
+            workers=len(self.workers),
+            plugin_argv=self._argv,
+        )
+        args = [self._executable, "-m", WORKER_MODULE, *arguments.argv()]
         child_fds = _standard_fds()
         child_fds.update({FIRST_FD + n: port.fileno() for n, port in enumerate(self.ports)})
         worker.started = worker.last_ping = self.reactor.seconds()
@@ -390,15 +393,12 @@ class Supervisor(Service):
 
     # -- signals ---------------------------------------------------------------------------------------
 
-    def _on_stop_signal(self, signum: int, frame: Any) -> None:
-        # reactor.stop() runs stopService (the drain).  A second signal changes nothing, and returning
-        # without re-raising the signal makes the exit status 0.
+    def _stop_on_signal(self) -> None:
+        # reactor.stop() runs stopService (the drain).  A second signal, or one after giving up, changes
+        # nothing (the flag is _give_up's too, so signals.stop_once would not do).
         if not self._stop_requested:
             self._stop_requested = True
-            self.reactor.callFromThread(self.reactor.stop)
-
-    def _on_sighup(self, signum: int, frame: Any) -> None:
-        self.reactor.callFromThread(self.reload)
+            self.reactor.stop()
 
     def reload(self) -> None:
         """SIGHUP: every worker reloads its model map and client keys."""
@@ -414,8 +414,6 @@ class Supervisor(Service):
         return ensureDeferred(self._stop())
 
     async def _stop(self) -> None:
-        from ollama_proxy.service import _within
-
         self._stopping = True
         sd_notify("STOPPING=1", self._environ)
         for loop in self._loops:
@@ -432,7 +430,9 @@ class Supervisor(Service):
             log.info("stopping: {count} workers are draining", count=len(running))
             for worker in running:
                 _signal(worker, "TERM")
-            if not await _within(self.reactor, self._all_exited(), self.config.drain_timeout + STOP_GRACE):
+            try:
+                await self._all_exited().addTimeout(self.config.drain_timeout + STOP_GRACE, self.reactor)
+            except defer.TimeoutError:
                 for worker in self.workers:
                     if worker.process is not None:
                         log.warn(
@@ -441,7 +441,8 @@ class Supervisor(Service):
                             pid=worker.pid,
                         )
                         _signal(worker, "KILL")
-                await _within(self.reactor, self._all_exited(), 5.0)
+                with contextlib.suppress(defer.TimeoutError):
+                    await self._all_exited().addTimeout(5.0, self.reactor)
         if self._receiver is not None:
             self.reactor.removeReader(self._receiver)
             self._receiver.close()
@@ -472,41 +473,6 @@ def _exit_now(status: int) -> None:
     os._exit(status)
 
 
-# -- the worker process ------------------------------------------------------------------------------------
-
-
-def worker_observer(log_format: str, index: int) -> ILogObserver:
-    """The parent's log format, each event tagged with the worker (``worker``, ``pid`` fields in JSON;
-    ``worker=N`` after the namespace in text)."""
-    pid = os.getpid()
-    json_lines = log_format == "json"
-    inner = json_observer(sys.stdout) if json_lines else textFileLogObserver(sys.stdout)
-
-    @provider(ILogObserver)
-    def observe(event: LogEvent) -> None:
-        tagged = dict(event)
-        tagged["worker"] = index
-        tagged["pid"] = pid
-        if not json_lines:
-            system = event.get("log_system")
-            if system is None:
-                level = event.get("log_level")
-                system = f"{event.get('log_namespace', '-')}#{getattr(level, 'name', '-')}"
-            tagged["log_system"] = f"{system} worker={index}"
-        inner(tagged)
-
-    result: ILogObserver = observe
-    return result
-
-
-def _follow_parent(parent: int) -> None:
-    """Receive SIGTERM (a graceful stop) when the parent dies, however it dies (Linux's PR_SET_PDEATHSIG)."""
-    with contextlib.suppress(OSError, AttributeError):  # not Linux: no such call
-        ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGTERM)
-    if os.getppid() != parent:
-        raise SystemExit(1)  # the parent died before that took effect
-
-
 @attrs.frozen
 class WorkerArguments:
     """What the parent tells a worker on its command line, before ``--`` and the plugin arguments."""
@@ -517,6 +483,18 @@ class WorkerArguments:
     board: str
     workers: int
     plugin_argv: list[str]
+
+    def argv(self) -> list[str]:
+        """The command line that :meth:`parse` reads back."""
+        return [
+            f"--index={self.index}",
+            f"--parent={self.parent}",
+            f"--sockets={self.sockets}",
+            f"--board={self.board}",
+            f"--workers={self.workers}",
+            "--",
+            *self.plugin_argv,
+        ]
 
     @classmethod
     def parse(cls, argv: Sequence[str]) -> WorkerArguments:
@@ -533,95 +511,3 @@ class WorkerArguments:
             workers=int(values["workers"]),
             plugin_argv=rest[1:],
         )
-
-
-def worker_main(argv: Sequence[str]) -> None:
-    """A worker: the daemon of ``argv`` (the parent's plugin arguments) on the inherited sockets."""
-    from twisted.internet import reactor
-
-    from ollama_proxy.sdnotify import attach_notifier
-    from ollama_proxy.service import ProxyService, settle_garbage_collector
-    from ollama_proxy.shared_metrics import SharedMetrics
-    from ollama_proxy.tap import Options
-
-    arguments = WorkerArguments.parse(argv)
-    _follow_parent(arguments.parent)
-
-    class WorkerOptions(Options):
-        """The parent's options, listening on the sockets it passed instead of its endpoints."""
-
-        def __init__(self) -> None:
-            super().__init__()
-            self.listen = [f"inherit:fd={FIRST_FD + n}" for n in range(arguments.sockets)]
-
-        def opt_listen(self, endpoint: str) -> None:
-            """Replaced by the inherited sockets."""
-
-        opt_l = opt_listen
-
-    options = WorkerOptions()
-    options.parseOptions(arguments.plugin_argv)
-    config = options.config
-    assert config is not None  # noqa: S101 -- parseOptions sets it or exits
-    globalLogBeginner.beginLoggingTo(
-        [worker_observer(config.log_format, arguments.index)], redirectStandardIO=False
-    )
-    service = ProxyService(config, reactor)
-    _share_connections(service, reactor, ConnectionBoard(arguments.board, arguments.workers), arguments.index)
-    directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
-    if directory:
-        shared = SharedMetrics(service.app.metrics, directory)
-        service.app.metrics.shared = shared
-        reactor.callWhenRunning(shared.start, reactor)
-    attach_notifier(service, reactor)
-    reactor.callWhenRunning(_worker_signals, reactor, service)
-    reactor.callWhenRunning(settle_garbage_collector)
-    service.startService()
-    reactor.addSystemEventTrigger("before", "shutdown", service.stopService)
-    reactor.run()
-    # Stopped and drained.  A late signal (a supervisor that signals the whole process group sends one more)
-    # must not turn this clean exit into "killed by SIGTERM" while Python shuts down; ignored signals stay
-    # ignored to the end, handled ones do not.
-    for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
-        signal.signal(signum, signal.SIG_IGN)
-
-
-def _share_connections(service: Any, reactor: Any, board: ConnectionBoard, slot: int) -> None:
-    """Publish this worker's open connections on the board, and accept only in turn (``balance.py``)."""
-    board.set(slot, 0)
-    service.site.connections_changed = lambda count: board.set(slot, count)
-    turns: list[TakeTurns] = []
-
-    def take_turns(port: Any) -> Any:
-        turns.append(TakeTurns(port, board, slot, reactor))
-        return port
-
-    for listener in service.listeners:
-        listener.listening.addCallback(take_turns)
-
-    def stop_taking_turns() -> None:
-        for each in turns:
-            each.stop()
-
-    reactor.addSystemEventTrigger("before", "shutdown", stop_taking_turns)
-
-
-def _worker_signals(reactor: Any, service: Any) -> None:
-    stopping = False
-
-    def terminate(signum: int, frame: Any) -> None:
-        nonlocal stopping
-        if not stopping:  # a second SIGTERM (KillMode=control-group sends one too) changes nothing
-            stopping = True
-            reactor.callFromThread(reactor.stop)
-
-    signal.signal(signal.SIGTERM, terminate)
-    # Ctrl-C in a terminal reaches the whole process group: the parent decides, and sends SIGTERM.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGHUP, lambda signum, frame: reactor.callFromThread(service.reload))
-
-
-if __name__ == "__main__":
-    from ollama_proxy.workers import worker_main as main  # the module itself, not this __main__ copy
-
-    main(sys.argv[1:])
