@@ -125,7 +125,7 @@ def _content(text: str, images: Sequence[str] | None, where: str) -> str | list[
 
 # Where an earlier assistant turn's reasoning goes back in.  OpenAI has no such field and rejects unknown
 # ones.
-_REASONING_FIELD: Final[Mapping[Dialect, str | None]] = {
+REASONING_FIELD: Final[Mapping[Dialect, str | None]] = {
     Dialect.VLLM: "reasoning_content",
     Dialect.LLAMACPP: "reasoning_content",
     Dialect.OPENROUTER: "reasoning",
@@ -184,7 +184,7 @@ def _messages(messages: Sequence[Message], dialect: Dialect) -> list[dict[str, A
                 item["content"] = None
             else:
                 item["content"] = _content(text, message.images, f"messages[{i}].images")
-            field = _REASONING_FIELD[dialect]
+            field = REASONING_FIELD[dialect]
             if field and message.thinking:
                 item[field] = message.thinking
             if calls:
@@ -373,7 +373,7 @@ def _think_effort(think: Think) -> str | bool | None:
     )
 
 
-def _think(think: Think, dialect: Dialect) -> dict[str, Any]:
+def think_fields(think: Think, dialect: Dialect) -> dict[str, Any]:
     effort = _think_effort(think)
     if effort is None:
         return {}
@@ -431,7 +431,7 @@ def chat_to_openai(request: ChatRequest, backend_model: str, dialect: Dialect) -
         body["tools"] = list(request.tools)
     body.update(_format(request.format))
     body.update(_options(request.options, dialect, CHAT_ENDPOINT))
-    body.update(_think(request.think, dialect))
+    body.update(think_fields(request.think, dialect))
     body.update(_logprobs(request.logprobs, request.top_logprobs, CHAT_ENDPOINT))
     body.update(_stream(request.stream))
     return body
@@ -448,7 +448,7 @@ def generate_to_openai(
     """
     if request.raw and (request.template or request.system or request.context):
         raise BadRequest("raw mode does not support template, system, or context")
-    think = _think(request.think, dialect)
+    think = think_fields(request.think, dialect)
     if request.raw or request.suffix:
         if request.images:
             raise BadRequest("images are not supported with raw or suffix")

@@ -79,13 +79,13 @@ def _count(value: object) -> int | None:
     return None
 
 
-def _reasoning(container: Mapping[str, Any]) -> str:
+def reasoning(container: Mapping[str, Any]) -> str:
     """vLLM moved from ``reasoning_content`` to ``reasoning`` and for a while sent both with the same text;
     llama.cpp and DeepSeek use ``reasoning_content``.  Take one, never both."""
     return _text(container.get("reasoning")) or _text(container.get("reasoning_content"))
 
 
-def _first_choice(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+def first_choice(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
     choices = event.get("choices")
     if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
         return choices[0]
@@ -189,7 +189,7 @@ class _PendingCall:
     whole: Mapping[str, Any] | None = None
 
 
-def _arguments(name: str, text: str) -> dict[str, Any]:
+def tool_arguments(name: str, text: str) -> dict[str, Any]:
     if not text.strip() or text.strip() == "null":
         return {}
     try:
@@ -208,7 +208,7 @@ def _ollama_calls(calls: Sequence[_PendingCall]) -> list[dict[str, Any]]:
         if not call.name:
             raise BackendError("backend returned a tool call without a function name")
         text = "".join(call.parts)
-        arguments = dict(call.whole) if call.whole is not None else _arguments(call.name, text)
+        arguments = dict(call.whole) if call.whole is not None else tool_arguments(call.name, text)
         out.append(
             {
                 "id": call.id or synthesize_call_id("reply", position, call.name, text),
@@ -395,13 +395,13 @@ class StreamTranslator:
         if isinstance(usage, Mapping):
             self._prompt_tokens = _count(usage.get("prompt_tokens")) or self._prompt_tokens
             self._completion_tokens = _count(usage.get("completion_tokens")) or self._completion_tokens
-        choice = _first_choice(event)
+        choice = first_choice(event)
         if choice is None:
             return []
         out: list[dict[str, Any]] = []
         delta = choice.get("delta")
         if isinstance(delta, Mapping):
-            content, thinking = _text(delta.get("content")), _reasoning(delta)
+            content, thinking = _text(delta.get("content")), reasoning(delta)
             fragments = delta.get("tool_calls")
         else:
             content, thinking, fragments = _text(choice.get("text")), "", None
@@ -553,12 +553,12 @@ def completion_to_reply(
         raise BackendError("backend reply is not a JSON object")
     if body.get("error"):
         raise BackendError(error_text(body["error"]))
-    choice = _first_choice(body)
+    choice = first_choice(body)
     if choice is None:
         raise BackendError("backend reply has no choices")
     message = choice.get("message")
     if isinstance(message, Mapping):
-        content, thinking = _text(message.get("content")), _reasoning(message)
+        content, thinking = _text(message.get("content")), reasoning(message)
         calls = _calls_from_message(message.get("tool_calls"))
     elif "text" in choice:
         content, thinking, calls = _text(choice.get("text")), "", []
