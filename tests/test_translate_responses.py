@@ -856,7 +856,7 @@ def test_text_reply() -> None:
 def test_reasoning_reply() -> None:
     response = reply(completion({"content": "42", "reasoning_content": "Let me think."}))
     assert response["output"][0] == {
-        "id": "msg_0123abcd_0".replace("msg", "rs"),
+        "id": "rs_0123abcd_0",
         "type": "reasoning",
         "summary": [{"type": "summary_text", "text": "Let me think."}],
     }
@@ -1606,3 +1606,49 @@ def test_property_any_split_gives_the_same_stream(
 def test_property_byte_by_byte(events: list[dict[str, Any]]) -> None:
     raw = sse_bytes(events)
     assert translate_stream(raw, list(range(len(raw))), False) == translate_stream(raw, [], False)
+
+
+# --- the next turn ------------------------------------------------------------------------------------------
+
+
+def test_a_response_sent_back_as_history_is_the_same_conversation() -> None:
+    """Codex (store: false) sends the output items of each turn back in the next turn's input."""
+    request = codex_request()
+    body = completion(
+        {
+            "content": "Spawning.",
+            "reasoning_content": "A helper would do.",
+            "tool_calls": [
+                {
+                    "id": "call_7",
+                    "type": "function",
+                    "function": {"name": "multi_agent_v1__spawn_agent", "arguments": '{"task":"t"}'},
+                }
+            ],
+        },
+        "tool_calls",
+    )
+    output = reply(body, request)["output"]
+    follow_up = {
+        **request,
+        "input": [
+            *request["input"],
+            *output,
+            {"type": "function_call_output", "call_id": "call_7", "output": "spawned"},
+        ],
+    }
+    assert messages(follow_up)[3:] == [
+        {
+            "role": "assistant",
+            "content": "Spawning.",
+            "reasoning_content": "A helper would do.",
+            "tool_calls": [
+                {
+                    "id": "call_7",
+                    "type": "function",
+                    "function": {"name": "multi_agent_v1__spawn_agent", "arguments": '{"task":"t"}'},
+                }
+            ],
+        },
+        {"role": "tool", "tool_call_id": "call_7", "content": "spawned"},
+    ]

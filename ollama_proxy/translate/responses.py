@@ -884,7 +884,7 @@ def completion_to_response(
         )
 
     incomplete = _incomplete_reason(choice.get("finish_reason"))
-    if incomplete and output[-1]["type"] != "reasoning":
+    if incomplete:  # the last item is the message or a call: the reasoning item never comes last here
         output[-1]["status"] = "incomplete"
     usage = _Usage().update(body.get("usage"))
     timings = body.get("timings")
