@@ -204,7 +204,7 @@ def convert_logprobs(raw: object) -> list[dict[str, Any]]:
 
 
 @attrs.define
-class _PendingCall:
+class PendingCall:
     id: str | None = None
     name: str = ""
     parts: list[str] = attrs.Factory(list)
@@ -224,7 +224,7 @@ def tool_arguments(name: str, text: str) -> dict[str, Any]:
     return value
 
 
-def _ollama_calls(calls: Sequence[_PendingCall]) -> list[dict[str, Any]]:
+def _ollama_calls(calls: Sequence[PendingCall]) -> list[dict[str, Any]]:
     """Ollama's tool calls: whole, arguments as an object, ``index`` as the position in the list."""
     out = []
     for position, call in enumerate(calls):
@@ -241,7 +241,7 @@ def _ollama_calls(calls: Sequence[_PendingCall]) -> list[dict[str, Any]]:
     return out
 
 
-def _merge_fragment(calls: dict[int, _PendingCall], fragment: Mapping[str, Any]) -> None:
+def merge_fragment(calls: dict[int, PendingCall], fragment: Mapping[str, Any]) -> None:
     """Fold one ``delta.tool_calls[]`` entry into the calls being assembled.
 
     Fragments are keyed by ``index``; a backend that leaves it out gets the usual reading: a new ``id``
@@ -257,7 +257,7 @@ def _merge_fragment(calls: dict[int, _PendingCall], fragment: Mapping[str, Any])
             index = max(calls, default=-1) + 1
         else:
             index = max(calls)
-    call = calls.setdefault(index, _PendingCall())
+    call = calls.setdefault(index, PendingCall())
     if fragment_id and not call.id:
         call.id = fragment_id
     function = fragment.get("function")
@@ -274,12 +274,12 @@ def _merge_fragment(calls: dict[int, _PendingCall], fragment: Mapping[str, Any])
         call.whole = arguments
 
 
-def _calls_from_message(raw: object) -> list[_PendingCall]:
-    calls: dict[int, _PendingCall] = {}
+def _calls_from_message(raw: object) -> list[PendingCall]:
+    calls: dict[int, PendingCall] = {}
     if isinstance(raw, list):
         for position, entry in enumerate(raw):
             if isinstance(entry, Mapping):
-                _merge_fragment(calls, {**entry, "index": position})
+                merge_fragment(calls, {**entry, "index": position})
     return [calls[k] for k in sorted(calls)]
 
 
@@ -382,7 +382,7 @@ class StreamTranslator:
         self._kind: Kind = kind
         self._started = started
         self._first: Instant | None = None
-        self._calls: dict[int, _PendingCall] = {}
+        self._calls: dict[int, PendingCall] = {}
         self._finish_reason: object = None
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
@@ -439,7 +439,7 @@ class StreamTranslator:
         if isinstance(fragments, list):
             for fragment in fragments:
                 if isinstance(fragment, Mapping):
-                    _merge_fragment(self._calls, fragment)
+                    merge_fragment(self._calls, fragment)
         finish_reason = choice.get("finish_reason")
         if finish_reason is not None:
             self._finish_reason = finish_reason
