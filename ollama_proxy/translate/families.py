@@ -3,7 +3,8 @@
 Ollama knows a model's capabilities from its template and files; an OpenAI-compatible backend mostly gives
 an id.  The ids of the popular open families are regular enough (``Qwen/Qwen3-8B``, ``qwen3:8b``,
 ``deepseek-ai/DeepSeek-R1-Distill-Qwen-7B``, ``google/gemma-3-27b-it``) to say what Ollama's own library
-says of the same family.
+says of the same family.  (A family here is a line of models, not ``details.family``, which is the GGUF
+architecture that :mod:`ollama_proxy.translate.models` guesses for the ``model_info`` keys.)
 
 Policies:
 
