@@ -389,6 +389,18 @@ def _capabilities(value: Any, _type: Any) -> tuple[str, ...]:
     raise TypeError(f"expected a list drawn from {', '.join(sorted(KNOWN_CAPABILITIES))}")
 
 
+def _options(value: Any, _type: Any) -> dict[str, Any]:
+    """Ollama options as the model's ``parameters`` show them: names to numbers, strings, booleans or
+    lists of them (``stop``)."""
+    scalar = (str, int, float, bool)
+    if isinstance(value, dict) and all(
+        isinstance(v, scalar) or (isinstance(v, list) and all(isinstance(i, scalar) for i in v))
+        for v in value.values()
+    ):
+        return dict(value)
+    raise TypeError("expected a table of option names to numbers, strings, booleans or lists of them")
+
+
 def _build_converter() -> cattrs.Converter:
     """The request converter's strict hooks (a number where a string belongs is refused, not turned into
     ``"3"``), except that an unknown key is refused too: in a config file it is a typo, where in a request
@@ -397,7 +409,12 @@ def _build_converter() -> cattrs.Converter:
     converter.register_structure_hook(int, _count)
     converter.register_structure_hook(
         ModelOverride,
-        make_dict_structure_fn(ModelOverride, converter, capabilities=override(struct_hook=_capabilities)),
+        make_dict_structure_fn(
+            ModelOverride,
+            converter,
+            capabilities=override(struct_hook=_capabilities),
+            options=override(struct_hook=_options),
+        ),
     )
     return converter
 

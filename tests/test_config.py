@@ -192,6 +192,8 @@ def test_per_model_overrides_from_toml(tmp_path: Path) -> None:
             "embedding_length: expected a non-negative integer, got a",
         ),
         ('[models."m"]\ncolour = "red"\n', '[models."m"] has unknown keys: colour'),
+        ('[models."m"]\noptions = 3\n', "options: expected a table of option names"),
+        ('[models."m"]\noptions = { stop = [{ a = 1 }] }\n', "options: expected a table of option names"),
         ('[models."m"]\nfamily = 3\n', "family: expected a string, got int"),
         ('[models."m"]\nfamily = 3\nhue = 1\n', "family: expected a string, got int; has unknown keys: hue"),
         ("models = 3\n", "[models] must be a table"),

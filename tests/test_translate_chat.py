@@ -630,7 +630,6 @@ def test_generate_with_system_images_and_options() -> None:
         think=False,
         stream=False,
         template="{{ .Prompt }}",
-        context=[1, 2, 3],
     )
     assert endpoint == "chat/completions"
     assert body == {

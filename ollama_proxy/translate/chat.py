@@ -18,6 +18,7 @@ from typing import Any, Final
 
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.schemas import ChatRequest, Format, GenerateRequest, Message, Think, ToolCall
+from ollama_proxy.translate.context import earlier_turns
 from ollama_proxy.translate.dialect import Dialect
 
 CHAT_ENDPOINT: Final = "chat/completions"
@@ -442,12 +443,15 @@ def generate_to_openai(
 ) -> tuple[str, dict[str, Any]]:
     """The endpoint (relative to the backend's ``/v1/``) and body for an ``/api/generate`` request.
 
-    A templated prompt becomes a one-turn chat so the backend applies the model's chat template, as Ollama
-    would.  ``raw`` and ``suffix`` (fill-in-the-middle) need the prompt untouched, which only the legacy
-    completions endpoint offers; there ``think`` has no meaning and is only validated.
+    A templated prompt becomes a chat so the backend applies the model's chat template, as Ollama would: the
+    system prompt, the earlier turns the ``context`` carries (see :mod:`ollama_proxy.translate.context`),
+    then the prompt.  ``raw`` and ``suffix`` (fill-in-the-middle) need the prompt untouched, which only the
+    legacy completions endpoint offers; there ``think`` has no meaning and is only validated, and a context
+    only checked.
     """
     if request.raw and (request.template or request.system or request.context):
         raise BadRequest("raw mode does not support template, system, or context")
+    earlier = earlier_turns(request)
     think = think_fields(request.think, dialect)
     if request.raw or request.suffix:
         if request.images:
@@ -461,9 +465,7 @@ def generate_to_openai(
         body.update(_stream(request.stream))
         return COMPLETIONS_ENDPOINT, body
 
-    messages: list[dict[str, Any]] = []
-    if request.system:
-        messages.append({"role": "system", "content": request.system})
+    messages: list[dict[str, Any]] = [dict(turn) for turn in earlier]
     messages.append({"role": "user", "content": _content(request.prompt, request.images, "images")})
     body = {"model": backend_model, "messages": messages}
     body.update(_format(request.format))

@@ -67,20 +67,20 @@ from typing import Any, Final, Literal
 import attrs
 
 from ollama_proxy.errors import BackendError, BadRequest
+from ollama_proxy.json_codec import compact_json
 from ollama_proxy.schemas import Think
 from ollama_proxy.translate.chat import REASONING_FIELD, image_data_url, synthesize_call_id, think_fields
 from ollama_proxy.translate.dialect import Dialect
-from ollama_proxy.translate.openai import error_body
 from ollama_proxy.translate.replies import (
     Instant,
     PendingCall,
     ThinkTagSplitter,
-    compact_json,
     error_text,
     first_choice,
     merge_fragment,
     reasoning,
 )
+from ollama_proxy.wire.openai import error_body
 
 NAMESPACE_SEPARATOR: Final = "__"
 STATELESS: Final = "this server keeps no state between requests; send the whole conversation in 'input'"
