@@ -6,47 +6,18 @@ No module-level reactor import (craft.md §4): pytest-twisted installs the react
 
 from __future__ import annotations
 
-import json
-from collections.abc import AsyncIterator, Callable
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import TypeVar
 
-import attrs
 import pytest_twisted
 import treq
-from twisted.internet import threads
 from twisted.web.client import Agent, HTTPConnectionPool
 
-from ollama_proxy.config import ProxyConfig
-from ollama_proxy.service import ProxyService
 from ollama_proxy.translate.dialect import Dialect
 from tests.fake_backend import FakeBackend
+from tests.support import RunningProxy, reactor, start_proxy
 
 T = TypeVar("T")
-
-
-def reactor() -> Any:
-    from twisted.internet import reactor as installed
-
-    return installed
-
-
-@attrs.define
-class RunningProxy:
-    url: str
-    service: ProxyService
-    backend: FakeBackend
-
-
-async def start_proxy(backend: FakeBackend, backend_url: str, **settings: Any) -> RunningProxy:
-    """The daemon in this process in front of ``backend`` at ``backend_url``; ``settings`` are those of
-    ``ProxyConfig.for_backend`` (``api_key``, ``dialect`` and any other field)."""
-    settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
-    config = ProxyConfig.for_backend(backend_url, **settings)
-    service = ProxyService(config, reactor())
-    service.startService()
-    port = await service.listeners[0].listening
-    address: Any = port.getHost()
-    return RunningProxy(f"http://127.0.0.1:{address.port}", service, backend)
 
 
 @pytest_twisted.async_yield_fixture
@@ -76,13 +47,3 @@ async def http() -> AsyncIterator[treq.client.HTTPClient]:
     pool = HTTPConnectionPool(reactor(), persistent=False)
     yield treq.client.HTTPClient(Agent(reactor(), pool=pool))
     await pool.closeCachedConnections()
-
-
-async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-    """Run a blocking SDK call off the reactor thread (the daemon under test runs on that reactor)."""
-    result: T = await threads.deferToThread(fn, *args, **kwargs)
-    return result
-
-
-async def read_json(response: Any) -> Any:
-    return json.loads(await treq.content(response))

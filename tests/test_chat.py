@@ -14,8 +14,18 @@ from treq.client import HTTPClient
 from twisted.internet import defer, task
 from twisted.internet.protocol import ClientFactory, Protocol
 
-from tests.conftest import RunningProxy, in_thread, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
+from tests.support import (
+    STREAM_BODY,
+    RunningProxy,
+    StreamingClient,
+    connect_client,
+    eventually,
+    in_thread,
+    reactor,
+    read_json,
+    start_proxy,
+)
 
 MODEL = "qwen"  # an alias of Qwen/Qwen2.5-7B-Instruct in the proxy fixture
 BACKEND_ID = "Qwen/Qwen2.5-7B-Instruct"
@@ -32,15 +42,6 @@ async def ndjson_lines(http: HTTPClient, url: str, body: dict[str, Any]) -> tupl
     lines = [json.loads(line) for line in raw.splitlines()]
     content_type = (response.headers.getRawHeaders("content-type") or [""])[0]
     return response.code, lines, content_type
-
-
-async def eventually(check: Any, timeout: float = 5.0) -> None:
-    """Poll a condition on the reactor (the backend side of a disconnect arrives a moment later)."""
-    for _ in range(int(timeout / 0.02)):
-        if check():
-            return
-        await task.deferLater(reactor(), 0.02, lambda: None)
-    assert check()
 
 
 def _sdk_chat(url: str, stream: bool, **kwargs: Any) -> Any:
@@ -329,48 +330,10 @@ async def test_sdk_sees_a_mid_stream_error(proxy: RunningProxy) -> None:
     assert error.status_code == -1
 
 
-class _Reader(Protocol):
-    """A client that sends a streaming request and then either reads nothing or hangs up."""
-
-    def __init__(self, body: bytes, *, read: bool) -> None:
-        self._body = body
-        self._read = read
-        self.received = 0
-        self.first_data: defer.Deferred[None] = defer.Deferred()
-        self.closed: defer.Deferred[None] = defer.Deferred()
-
-    def connectionMade(self) -> None:
-        assert self.transport is not None
-        self.transport.write(
-            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(self._body), self._body)
-        )
-        if not self._read:
-            self.transport.pauseProducing()  # type: ignore[attr-defined]
-
-    def dataReceived(self, data: bytes) -> None:
-        self.received += len(data)
-        if not self.first_data.called:
-            self.first_data.callback(None)
-
-    def connectionLost(self, reason: Any = None) -> None:
-        self.closed.callback(None)
-
-
-async def _connect(url: str, protocol: _Reader) -> _Reader:
-    factory = ClientFactory.forProtocol(lambda: protocol)
-    port = int(url.rsplit(":", 1)[1])
-    reactor().connectTCP("127.0.0.1", port, factory)
-    return protocol
-
-
-STREAM_BODY = json.dumps({"model": MODEL, "messages": [{"role": "user", "content": "x"}]}).encode()
-
-
 @pytest_twisted.ensureDeferred
 async def test_client_leaving_mid_stream_stops_the_backend(proxy: RunningProxy) -> None:
     proxy.backend.script = ChatScript(content=["tok "], endless=True, event_delay=0.005)
-    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    client = await connect_client(proxy.url, StreamingClient(STREAM_BODY, read=True))
     await client.first_data
     assert proxy.backend.open_streams == 1
     assert client.transport is not None
@@ -382,7 +345,7 @@ async def test_client_leaving_mid_stream_stops_the_backend(proxy: RunningProxy) 
 @pytest_twisted.ensureDeferred
 async def test_client_leaving_before_headers_stops_the_backend(proxy: RunningProxy) -> None:
     proxy.backend.script = ChatScript(header_delay=5.0)
-    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    client = await connect_client(proxy.url, StreamingClient(STREAM_BODY, read=True))
     await eventually(lambda: proxy.backend.open_streams == 1)
     assert client.transport is not None
     client.transport.loseConnection()
@@ -406,7 +369,7 @@ async def stalling_proxy(fake_backend: FakeBackend) -> AsyncIterator[RunningProx
 async def test_client_that_stops_reading_pauses_the_backend(proxy: RunningProxy) -> None:
     backend = proxy.backend
     backend.script = ChatScript(content=["x" * 4096], endless=True)
-    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=False))
+    client = await connect_client(proxy.url, StreamingClient(STREAM_BODY, read=False))
     await eventually(lambda: backend.pauses >= 1)
     # Flow control reached the backend: once the socket buffers are full its output levels off, instead
     # of piling up in the daemon's memory.
@@ -427,7 +390,7 @@ async def test_client_that_stops_reading_pauses_the_backend(proxy: RunningProxy)
 async def test_client_stalled_past_the_timeout_is_cut(stalling_proxy: RunningProxy) -> None:
     backend = stalling_proxy.backend
     backend.script = ChatScript(content=["x" * 4096], endless=True)
-    client = await _connect(stalling_proxy.url, _Reader(STREAM_BODY, read=False))
+    client = await connect_client(stalling_proxy.url, StreamingClient(STREAM_BODY, read=False))
     await eventually(lambda: backend.disconnects == 1)  # the stall timeout dropped the backend request ...
     assert client.transport is not None
     client.transport.resumeProducing()  # type: ignore[attr-defined]

@@ -5,12 +5,10 @@ from __future__ import annotations
 import gc
 import json
 import os
-import queue
 import re
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 import zipfile
@@ -22,9 +20,9 @@ import pytest
 from twisted.application.service import IServiceMaker
 from twisted.plugin import getPlugins
 
+from tests.support import ROOT, Child, child_env
 from tests.twistd_measured import twistd_command
 
-ROOT = Path(__file__).resolve().parent.parent
 TWISTD = Path(sys.executable).with_name("twistd")
 
 
@@ -80,58 +78,11 @@ def test_no_init_files_under_twisted() -> None:
     assert not (ROOT / "twisted" / "plugins" / "__init__.py").exists()
 
 
-class Child:
-    """A subprocess whose stdout lines are read by a thread, so a test can wait for one with a timeout."""
-
-    def __init__(self, args: list[str], env: dict[str, str]) -> None:
-        self.process = subprocess.Popen(
-            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
-        )
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
-        threading.Thread(target=self._pump, daemon=True).start()
-
-    def _pump(self) -> None:
-        assert self.process.stdout is not None
-        for line in self.process.stdout:
-            self.lines.put(line)
-
-    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            try:
-                line = self.lines.get(timeout=0.2)
-            except queue.Empty:
-                if self.process.poll() is not None and self.lines.empty():
-                    break
-                continue
-            self.seen.append(line)
-            match = re.search(pattern, line)
-            if match:
-                return match
-        raise AssertionError(f"no line matching {pattern!r}; output was:\n{''.join(self.seen)}")
-
-    def stop(self) -> int:
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        return self.process.returncode
-
-
-def _env(**extra: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "OPENAI_"))}
-    env["PYTHONPATH"] = str(ROOT)
-    env.update(extra)
-    return env
-
-
 @pytest.fixture
 def backend_process() -> Iterator[str]:
-    child = Child([sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0"], _env())
+    child = Child(
+        [sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0"], child_env()
+    )
     url = child.wait_for(r"listening on (\S+)").group(1)
     yield url
     child.stop()
@@ -149,7 +100,7 @@ def test_twistd_serves_the_ollama_sdk(backend_process: str, tmp_path: Path) -> N
             "--model-map",
             str(model_map),
         ),
-        _env(OPENAI_API_KEY="sk-never-logged"),
+        child_env(OPENAI_API_KEY="sk-never-logged"),
     )
     try:
         url = daemon.wait_for(r"listening on (http://\S+)").group(1)
@@ -186,7 +137,7 @@ def test_twistd_rejects_a_bad_backend_in_one_line() -> None:
         [str(TWISTD), "-n", "--pidfile=", "ollamaproxy", "--backend", "not a url"],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(),
         cwd=ROOT,
         timeout=60,
         check=False,

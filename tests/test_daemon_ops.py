@@ -16,7 +16,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.test_daemon import Child, _env
+from tests.support import Child, child_env
 from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -24,14 +24,14 @@ MODEL = "Qwen/Qwen2.5-7B-Instruct"
 
 def _backend(*extra: str) -> Child:
     return Child(
-        [sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0", *extra], _env()
+        [sys.executable, "-m", "tests.fake_backend", "--flavour", "vllm", "--port", "0", *extra], child_env()
     )
 
 
 def _daemon(backend_url: str, *extra: str, **env: str) -> tuple[Child, str]:
     child = Child(
         twistd_command("--backend", backend_url, "--listen", "tcp:0:interface=127.0.0.1", *extra),
-        _env(**env),
+        child_env(**env),
     )
     url = child.wait_for(r"listening on (http://\S+)").group(1)
     return child, url

@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 
 from ollama_proxy import demo
-from tests.test_daemon import _env
+from tests.support import child_env
 
 
 def _fake_backends() -> demo.Backends:
@@ -111,7 +111,7 @@ def test_the_run_command_without_the_packages_says_what_to_install(tmp_path: Pat
         timeout=60,
         check=False,
         cwd=tmp_path,
-        env=_env(),
+        env=child_env(),
     )
     assert result.returncode == 1
     assert "the demo needs xllamacpp" in result.stderr

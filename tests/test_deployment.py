@@ -20,7 +20,7 @@ import tomllib
 
 from ollama_proxy.config import SETTINGS, build_config, load_model_map
 from tests.configuration_doc import BEGIN, current, render
-from tests.conftest import RunningProxy, in_thread
+from tests.support import RunningProxy, in_thread
 
 ROOT = Path(__file__).resolve().parent.parent
 SYSTEMD = ROOT / "systemd"

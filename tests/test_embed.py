@@ -24,8 +24,8 @@ from ollama_proxy.translate.embeddings import (
     shape_vector,
     sum_tokens,
 )
-from tests.conftest import RunningProxy, in_thread, read_json, start_proxy
 from tests.fake_backend import FakeBackend
+from tests.support import RunningProxy, in_thread, read_json, start_proxy
 
 EMBEDDER = "BAAI/bge-small-en-v1.5"
 CHAT_ID = "Qwen/Qwen2.5-7B-Instruct"

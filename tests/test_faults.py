@@ -17,8 +17,8 @@ from twisted.internet import defer
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests.conftest import RunningProxy, in_thread, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
+from tests.support import RunningProxy, in_thread, reactor, read_json, start_proxy
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": False}
@@ -218,12 +218,14 @@ async def test_many_concurrent_streams_all_complete(fake_backend: FakeBackend, s
 async def test_clients_leaving_before_the_headers_do_not_trip_the_breaker(tight: RunningProxy) -> None:
     """Users pressing stop while a model loads are not backend failures: the next request still goes
     through (the breaker here opens after 3 real failures)."""
-    from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
+    from tests.support import STREAM_BODY, StreamingClient, connect_client, eventually
 
     tight.backend.script = ChatScript(header_delay=5.0)
     before = tight.backend.disconnects
     for _ in range(5):
-        client = await _connect(tight.url, _Reader(STREAM_BODY.replace(b"qwen", MODEL.encode()), read=True))
+        client = await connect_client(
+            tight.url, StreamingClient(STREAM_BODY.replace(b"qwen", MODEL.encode()), read=True)
+        )
         await eventually(lambda: tight.backend.open_streams == 1)
         assert client.transport is not None
         client.transport.loseConnection()

@@ -16,19 +16,9 @@ import ast
 from collections.abc import Iterator, Mapping
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from tests.support import ROOT, module_names
+
 PACKAGE = "ollama_proxy"
-
-
-def module_names(root: Path, package: str) -> dict[str, Path]:
-    """Every module of ``package`` under ``root``, by dotted name (a package by its own name)."""
-    found: dict[str, Path] = {}
-    for path in sorted((root / package).rglob("*.py")):
-        parts = list(path.relative_to(root).with_suffix("").parts)
-        if parts[-1] == "__init__":
-            parts.pop()
-        found[".".join(parts)] = path
-    return found
 
 
 def _is_type_checking(test: ast.expr) -> bool:

@@ -1,5 +1,5 @@
 """The gate, the resource tree and every timer of the daemon, in memory on a simulated clock
-(``tests/memory.py``): no socket, no wall-clock wait, so a cool-down of 15 s is tested by advancing the
+(``tests/support.py``'s ``MemoryDaemon``): no socket, no wall-clock wait, so a cool-down of 15 s is tested by advancing the
 clock 15 s and a timeout is shown to fire exactly when it should, not merely eventually."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from twisted.internet.defer import ensureDeferred
 
 from ollama_proxy.resilience import BreakerState
 from tests.fake_backend import ChatScript
-from tests.memory import MemoryDaemon
+from tests.support import MemoryDaemon
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 KEY = "sk-test-secret"

@@ -11,8 +11,8 @@ import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.http_headers import Headers
 
-from tests.conftest import RunningProxy, in_thread, read_json, start_proxy
 from tests.fake_backend import FakeBackend
+from tests.support import RunningProxy, in_thread, read_json, start_proxy
 
 
 @pytest_twisted.ensureDeferred
@@ -247,7 +247,7 @@ async def test_backend_errors_keep_their_meaning(
 @pytest.mark.parametrize("flavour", ["openai", "openrouter", "llamacpp"])
 @pytest_twisted.ensureDeferred
 async def test_other_backend_flavours(flavour: str) -> None:
-    from tests.conftest import reactor
+    from tests.support import reactor
 
     backend = FakeBackend(flavour)
     url = await backend.listen(reactor())

@@ -20,8 +20,8 @@ from ollama_proxy.errors import ConfigError
 from ollama_proxy.service import ProxyService
 from ollama_proxy.tap import Options
 from ollama_proxy.translate.dialect import Dialect
-from tests.conftest import in_thread, reactor, read_json
 from tests.fake_backend import ChatScript, FakeBackend
+from tests.support import in_thread, reactor, read_json
 
 SHARED = "shared/chat-model"
 

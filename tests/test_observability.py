@@ -20,10 +20,17 @@ from zope.interface import implementer
 
 from ollama_proxy.logs import event_as_json
 from ollama_proxy.metrics import endpoint_label, model_label
-from tests.conftest import RunningProxy, reactor
 from tests.fake_backend import ChatScript
-from tests.test_chat import STREAM_BODY, _connect, _Reader, eventually
-from tests.test_daemon import Child, _env
+from tests.support import (
+    STREAM_BODY,
+    Child,
+    RunningProxy,
+    StreamingClient,
+    child_env,
+    connect_client,
+    eventually,
+    reactor,
+)
 from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -142,7 +149,7 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     proxy: RunningProxy, access_events: list[LogEvent]
 ) -> None:
     proxy.backend.script = ChatScript(content=["tok "], endless=True, event_delay=0.005)
-    client = await _connect(proxy.url, _Reader(STREAM_BODY, read=True))
+    client = await connect_client(proxy.url, StreamingClient(STREAM_BODY, read=True))
     await client.first_data
     assert client.transport is not None
     client.transport.loseConnection()
@@ -154,14 +161,14 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:
-    backend = Child([sys.executable, "-m", "tests.fake_backend", "--port", "0"], _env())
+    backend = Child([sys.executable, "-m", "tests.fake_backend", "--port", "0"], child_env())
     try:
         backend_url = backend.wait_for(r"listening on (\S+)").group(1)
         daemon = Child(
             twistd_command(
                 "--backend", backend_url, "--listen", "tcp:0:interface=127.0.0.1", "--log-format", "json"
             ),
-            _env(OPENAI_API_KEY="sk-json-secret"),
+            child_env(OPENAI_API_KEY="sk-json-secret"),
         )
         try:
             match = daemon.wait_for(r'"msg":"ollama-proxy listening on (http://[^"]+)"')

@@ -37,9 +37,8 @@ from ollama_proxy.translate.openai import (
     with_model,
 )
 from ollama_proxy.wire.openai import error_body, error_code, error_type, sse_error_event
-from tests.conftest import RunningProxy, in_thread, reactor, read_json, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
-from tests.test_chat import eventually
+from tests.support import RunningProxy, eventually, in_thread, reactor, read_json, start_proxy
 
 ALIAS = "qwen"  # an alias of Qwen/Qwen2.5-7B-Instruct in the proxy fixture
 BACKEND_ID = "Qwen/Qwen2.5-7B-Instruct"

@@ -36,7 +36,7 @@ from ollama_proxy.demo import (
     start_backend,
     stop_processes,
 )
-from tests.test_daemon import Child, _env
+from tests.support import Child, child_env
 from tests.twistd_measured import twistd_command
 
 CHAT = "smollm2"
@@ -69,7 +69,7 @@ def start_daemon(*args: str) -> Child:
     """``twistd ollamaproxy ARGS`` on a free loopback port (measured by coverage like test_daemon's)."""
     return Child(
         twistd_command(*args, "--listen", "tcp:0:interface=127.0.0.1"),
-        _env(),
+        child_env(),
     )
 
 
@@ -441,7 +441,8 @@ def _refuses(port: int) -> bool:
 
 def test_demo_run_starts_everything_and_stops_everything() -> None:
     demo = Child(
-        [sys.executable, "-m", "ollama_proxy.demo", "run", "--listen", "tcp:0:interface=127.0.0.1"], _env()
+        [sys.executable, "-m", "ollama_proxy.demo", "run", "--listen", "tcp:0:interface=127.0.0.1"],
+        child_env(),
     )
     try:
         url = demo.wait_for(r"demo: (http://\S+) serves the Ollama API").group(1)
@@ -478,7 +479,7 @@ def test_backends_do_not_outlive_a_parent_killed_with_sigkill() -> None:
         "print('ports', b.chat.port, b.embed.port, flush=True)\n"
         "time.sleep(120)\n"
     )
-    parent = Child([sys.executable, "-c", code], _env())
+    parent = Child([sys.executable, "-c", code], child_env())
     try:
         ports = [int(port) for port in parent.wait_for(r"ports (\d+) (\d+)").groups()]
         assert not any(_refuses(port) for port in ports)

@@ -18,19 +18,18 @@ import pytest_twisted
 from twisted.internet.defer import Deferred
 
 from ollama_proxy.sdnotify import NotifyReceiver, parse_state, sd_notify, watchdog_period
-from tests.test_daemon import Child, _env
-from tests.test_workers import Receiver
+from tests.support import Child, NotifySocket, child_env
 from tests.twistd_measured import twistd_command
 
 
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
+def receiver() -> Iterator[NotifySocket]:
+    made = NotifySocket()
     yield made
     made.close()
 
 
-def test_sd_notify_sends_to_a_socket_path(receiver: Receiver) -> None:
+def test_sd_notify_sends_to_a_socket_path(receiver: NotifySocket) -> None:
     assert sd_notify("READY=1\nSTATUS=up", {"NOTIFY_SOCKET": receiver.path})
     pid, message = receiver.wait_for("READY=1", timeout=5)
     assert (pid, message) == (os.getpid(), "READY=1\nSTATUS=up")
@@ -98,13 +97,13 @@ async def test_notify_receiver_reports_the_senders_pid(tmp_path: Any) -> None:
 
 
 def test_the_daemon_is_ready_only_once_listening_pings_the_watchdog_and_says_stopping(
-    receiver: Receiver,
+    receiver: NotifySocket,
 ) -> None:
     """READY=1 goes out after the port is bound and after the signal handlers exist: a SIGTERM sent the moment
     READY=1 arrives still stops the daemon gracefully (STOPPING=1, exit 0)."""
     daemon = Child(
         twistd_command("--backend", "http://127.0.0.1:9/v1", "--listen", "tcp:0:interface=127.0.0.1"),
-        _env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="200000"),
+        child_env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="200000"),
     )
     try:
         pid, ready = receiver.wait_for("READY=1")

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from ollama_proxy.signals import SignalHandlers, ignore_from_now_on, install_when_running, stop_once
-from tests.test_imports import ROOT, module_names
+from tests.support import ROOT, module_names
 
 # The demo's launcher (``make run``) is a plain program without a reactor that waits on threads and child
 # processes; the helper is for the reactor's processes.

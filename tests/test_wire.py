@@ -22,8 +22,8 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
-from tests.conftest import reactor, start_proxy
 from tests.fake_backend import ChatScript, FakeBackend
+from tests.support import reactor, start_proxy
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 KEY = "sk-test-secret"  # what the fake backend expects

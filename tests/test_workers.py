@@ -39,7 +39,7 @@ from ollama_proxy.supervisor import (
     exit_description,
 )
 from ollama_proxy.worker import worker_observer
-from tests.test_daemon import ROOT, Child, _env
+from tests.support import ROOT, Child, NotifySocket, child_env
 from tests.twistd_measured import twistd_command
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
@@ -188,7 +188,7 @@ async def test_supervisor_serves_from_workers_replaces_a_dead_one_and_drains(
         ["--backend", fake_backend.base_url, "--api-key-file", str(key), "--workers", "2", "-l", "tcp:0"]
     )
     assert options.config is not None
-    supervisor = Supervisor(options.config, reactor(), options.argv, environ=_env())
+    supervisor = Supervisor(options.config, reactor(), options.argv, environ=child_env())
     supervisor.startService()
     (port,) = await supervisor.listening
     url = f"http://127.0.0.1:{port.getHost().port}"
@@ -234,7 +234,7 @@ async def test_supervisor_serves_from_workers_replaces_a_dead_one_and_drains(
 
 
 def _backend(*extra: str) -> tuple[Child, str]:
-    child = Child([sys.executable, "-m", "tests.fake_backend", "--port", "0", *extra], _env())
+    child = Child([sys.executable, "-m", "tests.fake_backend", "--port", "0", *extra], child_env())
     return child, child.wait_for(r"listening on (\S+)").group(1)
 
 
@@ -303,7 +303,7 @@ def test_two_workers_answer_on_one_port_a_killed_one_comes_back_and_sigterm_drai
             "--model-map",
             str(model_map),
         ),
-        _env(),
+        child_env(),
     )
     try:
         url = daemon.wait_for(r"listening on (http://[\d.:]+) with 2 workers").group(1)
@@ -378,49 +378,19 @@ def test_two_workers_answer_on_one_port_a_killed_one_comes_back_and_sigterm_drai
         daemon.stop()
 
 
-class Receiver:
-    """A test AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET, noting each sender's pid."""
-
-    def __init__(self) -> None:
-        self.directory = tempfile.mkdtemp(prefix="notify-", dir="/tmp")  # short: AF_UNIX paths are limited
-        self.path = os.path.join(self.directory, "notify")
-        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
-        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
-        self.socket.bind(self.path)
-        self.messages: list[tuple[int, str]] = []
-
-    def wait_for(self, text: str, timeout: float = 30.0) -> tuple[int, str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            self.socket.settimeout(max(0.01, deadline - time.monotonic()))
-            try:
-                data, ancillary, _flags, _addr = self.socket.recvmsg(4096, socket.CMSG_SPACE(12))
-            except TimeoutError:
-                break
-            pid = int.from_bytes(ancillary[0][2][:4], sys.byteorder) if ancillary else 0
-            self.messages.append((pid, data.decode()))
-            if text in data.decode():
-                return pid, data.decode()
-        raise AssertionError(f"no {text!r} in {self.messages}")
-
-    def close(self) -> None:
-        self.socket.close()
-        shutil.rmtree(self.directory, ignore_errors=True)
-
-
 @pytest.fixture
-def receiver() -> Iterator[Receiver]:
-    made = Receiver()
+def receiver() -> Iterator[NotifySocket]:
+    made = NotifySocket()
     yield made
     made.close()
 
 
 def test_workers_report_to_the_parent_which_kills_one_that_misses_its_watchdog(
-    slow_backend: str, receiver: Receiver
+    slow_backend: str, receiver: NotifySocket
 ) -> None:
     daemon = Child(
         twistd_command("--backend", slow_backend, "--listen", "tcp:0:interface=127.0.0.1", "--workers", "2"),
-        _env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="1000000"),
+        child_env(NOTIFY_SOCKET=receiver.path, WATCHDOG_USEC="1000000"),
     )
     try:
         pid, ready = receiver.wait_for("READY=1")
@@ -458,7 +428,7 @@ def test_socket_activation_serves_the_ollama_sdk(slow_backend: str, workers: int
     assert SOCKET_ACTIVATE is not None
     port = _free_port()
     runtime = tempfile.mkdtemp(prefix="rt-", dir="/tmp")  # what a killed parent leaves stays here
-    env = _env(RUNTIME_DIRECTORY=runtime)
+    env = child_env(RUNTIME_DIRECTORY=runtime)
     # systemd-socket-activate gives the program only the variables named with -E.
     passed = [f"-E{name}" for name in env if name not in ("LISTEN_FDS", "LISTEN_PID", "LISTEN_FDNAMES")]
     daemon = Child(
@@ -534,7 +504,7 @@ def test_twistd_refuses_workers_on_an_endpoint_it_cannot_share() -> None:
         ],
         capture_output=True,
         text=True,
-        env=_env(),
+        env=child_env(),
         cwd=ROOT,
         timeout=60,
         check=False,
@@ -685,7 +655,7 @@ def test_twistd_with_workers_exits_1_when_it_cannot_listen() -> None:
             ),
             capture_output=True,
             text=True,
-            env=_env(),
+            env=child_env(),
             cwd=ROOT,
             timeout=60,
             check=False,

@@ -1,0 +1,363 @@
+"""What several test files share: the daemon and fake backend in this process on real sockets, the daemon
+in memory on a simulated clock, subprocesses (``twistd``, the fake backend), and small waiting helpers.
+
+Fixtures live in ``conftest.py``; everything here is a plain function or class that any test imports.
+No module-level reactor import (craft.md §4): pytest-twisted installs the reactor first.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any, TypeVar
+
+import attrs
+import treq
+from treq.client import HTTPClient
+from treq.testing import RequestTraversalAgent, _SynchronousProducer
+from twisted.internet import defer, task, threads
+from twisted.internet.defer import Deferred, ensureDeferred, fail
+from twisted.internet.error import ConnectionRefusedError
+from twisted.internet.protocol import ClientFactory, Protocol
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python.failure import Failure
+from twisted.web.http_headers import Headers
+from twisted.web.iweb import IResponse
+from twisted.web.resource import Resource
+from twisted.web.server import Site
+
+from ollama_proxy.config import ProxyConfig
+from ollama_proxy.service import ProxyService
+from tests.fake_backend import FakeBackend
+
+T = TypeVar("T")
+
+# -- the daemon in this process, on real sockets ------------------------------------------------------
+
+
+def reactor() -> Any:
+    from twisted.internet import reactor as installed
+
+    return installed
+
+
+@attrs.define
+class RunningProxy:
+    url: str
+    service: ProxyService
+    backend: FakeBackend
+
+
+async def start_proxy(backend: FakeBackend, backend_url: str, **settings: Any) -> RunningProxy:
+    """The daemon in this process in front of ``backend`` at ``backend_url``; ``settings`` are those of
+    ``ProxyConfig.for_backend`` (``api_key``, ``dialect`` and any other field)."""
+    settings.setdefault("listen", ("tcp:0:interface=127.0.0.1:backlog=1024",))
+    config = ProxyConfig.for_backend(backend_url, **settings)
+    service = ProxyService(config, reactor())
+    service.startService()
+    port = await service.listeners[0].listening
+    address: Any = port.getHost()
+    return RunningProxy(f"http://127.0.0.1:{address.port}", service, backend)
+
+
+async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
+    """Run a blocking SDK call off the reactor thread (the daemon under test runs on that reactor)."""
+    result: T = await threads.deferToThread(fn, *args, **kwargs)
+    return result
+
+
+async def read_json(response: Any) -> Any:
+    return json.loads(await treq.content(response))
+
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def module_names(root: Path, package: str) -> dict[str, Path]:
+    """Every module of ``package`` under ``root``, by dotted name (a package by its own name)."""
+    found: dict[str, Path] = {}
+    for path in sorted((root / package).rglob("*.py")):
+        parts = list(path.relative_to(root).with_suffix("").parts)
+        if parts[-1] == "__init__":
+            parts.pop()
+        found[".".join(parts)] = path
+    return found
+
+
+class Child:
+    """A subprocess whose stdout lines are read by a thread, so a test can wait for one with a timeout."""
+
+    def __init__(self, args: list[str], env: dict[str, str]) -> None:
+        self.process = subprocess.Popen(
+            args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=env, cwd=ROOT
+        )
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, daemon=True).start()
+
+    def _pump(self) -> None:
+        assert self.process.stdout is not None
+        for line in self.process.stdout:
+            self.lines.put(line)
+
+    def wait_for(self, pattern: str, timeout: float = 30.0) -> re.Match[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                line = self.lines.get(timeout=0.2)
+            except queue.Empty:
+                if self.process.poll() is not None and self.lines.empty():
+                    break
+                continue
+            self.seen.append(line)
+            match = re.search(pattern, line)
+            if match:
+                return match
+        raise AssertionError(f"no line matching {pattern!r}; output was:\n{''.join(self.seen)}")
+
+    def stop(self) -> int:
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        return self.process.returncode
+
+
+def child_env(**extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("OLLAMA_", "OPENAI_"))}
+    env["PYTHONPATH"] = str(ROOT)
+    env.update(extra)
+    return env
+
+
+async def eventually(check: Any, timeout: float = 5.0) -> None:
+    """Poll a condition on the reactor (the backend side of a disconnect arrives a moment later)."""
+    for _ in range(int(timeout / 0.02)):
+        if check():
+            return
+        await task.deferLater(reactor(), 0.02, lambda: None)
+    assert check()
+
+
+class StreamingClient(Protocol):
+    """A client that sends a streaming request and then either reads nothing or hangs up."""
+
+    def __init__(self, body: bytes, *, read: bool) -> None:
+        self._body = body
+        self._read = read
+        self.received = 0
+        self.first_data: defer.Deferred[None] = defer.Deferred()
+        self.closed: defer.Deferred[None] = defer.Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(
+            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (len(self._body), self._body)
+        )
+        if not self._read:
+            self.transport.pauseProducing()  # type: ignore[attr-defined]
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += len(data)
+        if not self.first_data.called:
+            self.first_data.callback(None)
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed.callback(None)
+
+
+async def connect_client(url: str, protocol: StreamingClient) -> StreamingClient:
+    factory = ClientFactory.forProtocol(lambda: protocol)
+    port = int(url.rsplit(":", 1)[1])
+    reactor().connectTCP("127.0.0.1", port, factory)
+    return protocol
+
+
+# A streaming /api/chat body for the ``proxy`` fixture ("qwen" is an alias there).
+STREAM_BODY = json.dumps({"model": "qwen", "messages": [{"role": "user", "content": "x"}]}).encode()
+
+
+class NotifySocket:
+    """A test AF_UNIX datagram socket standing in for systemd's NOTIFY_SOCKET, noting each sender's pid."""
+
+    def __init__(self) -> None:
+        self.directory = tempfile.mkdtemp(prefix="notify-", dir="/tmp")  # short: AF_UNIX paths are limited
+        self.path = os.path.join(self.directory, "notify")
+        self.socket = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+        self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_PASSCRED, 1)
+        self.socket.bind(self.path)
+        self.messages: list[tuple[int, str]] = []
+
+    def wait_for(self, text: str, timeout: float = 30.0) -> tuple[int, str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            self.socket.settimeout(max(0.01, deadline - time.monotonic()))
+            try:
+                data, ancillary, _flags, _addr = self.socket.recvmsg(4096, socket.CMSG_SPACE(12))
+            except TimeoutError:
+                break
+            pid = int.from_bytes(ancillary[0][2][:4], sys.byteorder) if ancillary else 0
+            self.messages.append((pid, data.decode()))
+            if text in data.decode():
+                return pid, data.decode()
+        raise AssertionError(f"no {text!r} in {self.messages}")
+
+    def close(self) -> None:
+        self.socket.close()
+        shutil.rmtree(self.directory, ignore_errors=True)
+
+
+# -- the daemon in memory, on a simulated clock -------------------------------------------------------
+
+BACKEND_URL = "http://backend.test/v1"
+
+
+class ServingAgent(RequestTraversalAgent):
+    """treq's in-memory agent, answered by any server factory (the daemon's site, the fake backend's)."""
+
+    def __init__(self, factory: Site) -> None:
+        super().__init__(Resource())
+        self._serverFactory = factory
+        # While True, every new connection is refused, as by a backend that is down.
+        self.refusing = False
+
+    def request(self, method: bytes, uri: bytes, headers: Any = None, bodyProducer: Any = None) -> Any:  # noqa: N803
+        if self.refusing:
+            return fail(ConnectionRefusedError())
+        return super().request(method, uri, headers, bodyProducer)
+
+    def flush_all(self) -> bool:
+        """Move every pending byte both ways; True when anything moved."""
+        moved = False
+        for pump in list(self._pumps):
+            moved = bool(pump.pump()) or moved
+        self.flush()
+        return moved
+
+
+@attrs.frozen
+class Reply:
+    status: int
+    headers: Mapping[str, str]
+    body: bytes
+
+    def json(self) -> Any:
+        return json.loads(self.body)
+
+    def lines(self) -> list[Any]:
+        return [json.loads(line) for line in self.body.splitlines()]
+
+
+class MemoryDaemon:
+    """The daemon in memory in front of a fake backend, on one simulated clock."""
+
+    def __init__(self, flavour: str = "vllm", **settings: Any) -> None:
+        self.clock = MemoryReactorClock()
+        self.backend = FakeBackend(flavour, reactor=self.clock)
+        self.backend.base_url = BACKEND_URL
+        self._to_backend = ServingAgent(self.backend.site())
+        settings.setdefault("listen", ())
+        config = ProxyConfig.for_backend(BACKEND_URL, **settings)
+        self.service = ProxyService(config, self.clock, agent=self._to_backend)
+        self._to_daemon = ServingAgent(self.service.site)
+        # Bodies written at once: treq's default producer would wait on the real reactor's cooperator.
+        self.http = HTTPClient(self._to_daemon, data_to_body_producer=_SynchronousProducer)
+
+    @property
+    def app(self) -> Any:
+        return self.service.app
+
+    def backend_down(self, down: bool = True) -> None:
+        """Refuse (or again accept) every new connection to the backend."""
+        self._to_backend.refusing = down
+
+    def pump(self) -> None:
+        """Move bytes between client, daemon and backend until nothing moves (no time passes)."""
+        for _ in range(1000):
+            moved = self._to_daemon.flush_all()
+            moved = self._to_backend.flush_all() or moved
+            self.clock.advance(0)  # calls due now (callLater(0, ...))
+            if not moved:
+                return
+        raise AssertionError("the in-memory connections never went quiet")
+
+    def advance(self, seconds: float, *, step: float = 0.05) -> None:
+        """Let ``seconds`` pass in steps, moving bytes at each step."""
+        remaining = seconds
+        self.pump()
+        while remaining > 1e-9:
+            tick = min(step, remaining)
+            self.clock.advance(tick)
+            remaining -= tick
+            self.pump()
+
+    def settle(self, waiting: Deferred[T], *, within: float = 5.0) -> T:
+        """The result of ``waiting``, letting simulated time pass (at most ``within`` seconds)."""
+        results: list[T | Failure] = []
+        waiting.addBoth(results.append)
+        elapsed = 0.0
+        self.pump()
+        while not results and elapsed < within:
+            self.advance(0.05)
+            elapsed += 0.05
+        if not results:
+            raise AssertionError(f"still waiting after {within} simulated seconds")
+        (outcome,) = results
+        if isinstance(outcome, Failure):
+            outcome.raiseException()
+        return outcome
+
+    def send(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+    ) -> Deferred[Reply]:
+        """Start a request; its reply (read to the end) once bytes and time have moved enough."""
+
+        async def exchange() -> Reply:
+            body: dict[str, Any] = {"json": json_body} if json_body is not None else {"data": data}
+            response: IResponse = await self.http.request(
+                method,
+                "http://daemon.test" + path,
+                headers=Headers({k: [v] for k, v in (headers or {}).items()}),
+                **body,
+            )
+            content = await treq.content(response)
+            flat = {k.decode().lower(): v[-1].decode() for k, v in response.headers.getAllRawHeaders()}
+            return Reply(response.code, flat, content)
+
+        return ensureDeferred(exchange())
+
+    def request(
+        self,
+        method: str,
+        path: str,
+        *,
+        json_body: Any = None,
+        data: bytes | None = None,
+        headers: Mapping[str, str] | None = None,
+        within: float = 5.0,
+    ) -> Reply:
+        """One whole request and its reply, letting at most ``within`` simulated seconds pass."""
+        sent = self.send(method, path, json_body=json_body, data=data, headers=headers)
+        return self.settle(sent, within=within)
