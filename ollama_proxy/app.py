@@ -38,7 +38,12 @@ class App:
         metrics = Metrics()
         backends = tuple(_client(spec, config, reactor, metrics, agent) for spec in config.backends)
         catalog = ModelCatalog(
-            backends, reactor, model_map=config.model_map, overrides=config.models, ttl=config.models_ttl
+            backends,
+            reactor,
+            model_map=config.model_map,
+            overrides=config.models,
+            ttl=config.models_ttl,
+            fetch_timeout=config.models_timeout,
         )
         return cls(config, reactor, backends, catalog, RecentModels(reactor), reactor.seconds(), metrics)
 
@@ -64,4 +69,7 @@ def _client(
         dialect=spec.dialect,
         serves=spec.serves,
         agent=agent,
+        body_idle_timeout=config.idle_timeout,
+        # A body is not read for longer than its headers could have taken.
+        body_timeout=config.headers_timeout,
     )

@@ -14,33 +14,39 @@ from collections.abc import Callable
 from typing import Any, Protocol
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-import treq
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
 from twisted.internet.defer import CancelledError, Deferred, succeed
 from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.protocol import Protocol as TwistedProtocol
+from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
+from twisted.python.failure import Failure
 from twisted.web.client import (
     Agent,
     HTTPConnectionPool,
     RequestTransmissionFailed,
+    ResponseDone,
     ResponseFailed,
     ResponseNeverReceived,
     _HTTP11ClientFactory,
 )
+from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgent, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
-from ollama_proxy.json_codec import compact_json
+from ollama_proxy.json_codec import JSONRejected, compact_json, parse_json
 from ollama_proxy.resilience import (
+    GATEWAY_STATUSES,
     RETRYABLE_STATUSES,
     BackendCircuitOpen,
     CircuitBreaker,
     ConcurrencyLimit,
+    ModelBreakers,
     RetryPolicy,
     retry_after_seconds,
 )
@@ -69,7 +75,7 @@ def error_message(body: bytes, status: int) -> str:
     """The human message inside a backend error body (OpenAI, vLLM, llama.cpp, FastAPI shapes)."""
     text = body[:MAX_ERROR_BODY].decode("utf-8", "replace").strip()
     try:
-        data = json.loads(text)
+        data = parse_json(text, allow_constants=True)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -84,6 +90,104 @@ def error_message(body: bytes, status: int) -> str:
     if text and not text.startswith("<"):
         return text[:500]
     return f"backend returned HTTP {status}"
+
+
+_INVALID_REQUEST_TYPES = frozenset(
+    {"invalid_request_error", "badrequesterror", "bad_request", "bad_request_error", "validation_error"}
+)
+
+
+def blames_request(body: bytes) -> bool:
+    """Whether a server error's body says the request itself was invalid (some servers answer a bad
+    request with a 500 whose error type says so); such an answer says nothing about the model's health."""
+    try:
+        data = parse_json(body[:MAX_ERROR_BODY], allow_constants=True)
+    except ValueError:
+        return False
+    error = data.get("error") if isinstance(data, dict) else None
+    if not isinstance(error, dict):
+        return False
+    kind = error.get("type")
+    return (isinstance(kind, str) and kind.lower() in _INVALID_REQUEST_TYPES) or error.get("code") == 400
+
+
+@implementer(IResponse)
+class ReadResponse:
+    """A backend response whose (error) body the breaker already read: the same answer, body in hand."""
+
+    def __init__(self, response: IResponse, body: bytes) -> None:
+        self.version = response.version
+        self.code = response.code
+        self.phrase = response.phrase
+        self.headers = response.headers
+        self.length = len(body)
+        self.request = response.request
+        self.previousResponse = response.previousResponse
+        self.body = body
+
+    def deliverBody(self, protocol: Any) -> None:  # noqa: N802 -- IResponse's name
+        raise RuntimeError("a ReadResponse's body was read already: use BackendClient.read_body")
+
+    def setPreviousResponse(self, response: IResponse) -> None:  # noqa: N802 -- IResponse's name
+        self.previousResponse = response
+
+
+class _BodyReader(TwistedProtocol):
+    """Collects a response body, aborting the connection when it grows beyond ``limit``, when the
+    backend sends nothing for ``idle`` seconds, or when the whole read takes longer than ``total``."""
+
+    def __init__(
+        self, done: Deferred[bytes], clock: IReactorTime, limit: int, idle: float, total: float
+    ) -> None:
+        self._done = done
+        self._clock = clock
+        self._limit = limit
+        self._idle_seconds = idle
+        self._parts: list[bytes] = []
+        self._size = 0
+        self._failure: BaseException | None = None
+        self._idle: IDelayedCall = clock.callLater(idle, self.abort, BackendTimeout(_silent(idle)))
+        self._total: IDelayedCall = clock.callLater(total, self.abort, BackendTimeout(_too_slow(total)))
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._failure is not None:
+            return
+        self._size += len(data)
+        if self._size > self._limit:
+            self.abort(BackendError(f"backend reply larger than {self._limit} bytes"))
+            return
+        self._parts.append(data)
+        if self._idle.active():
+            self._idle.reset(self._idle_seconds)
+
+    def abort(self, failure: BaseException | None) -> None:
+        """Stop reading: ``failure`` is what the reader gets (None: it was cancelled)."""
+        if self._failure is None:
+            self._failure = failure or CancelledError()
+        transport: Any = self.transport
+        if transport is not None:
+            transport.stopProducing()
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._idle, self._total):
+            if call.active():
+                call.cancel()
+        if self._done.called:
+            return
+        if self._failure is not None:
+            self._done.errback(self._failure)
+        elif reason.check(ResponseDone, PotentialDataLoss):
+            self._done.callback(b"".join(self._parts))
+        else:
+            self._done.errback(_connection_error(reason.value or net_error.ConnectionDone()))
+
+
+def _silent(seconds: float) -> str:
+    return f"the backend sent nothing for {seconds:g} seconds"
+
+
+def _too_slow(seconds: float) -> str:
+    return f"the backend's reply took longer than {seconds:g} seconds"
 
 
 class BackendObserver(Protocol):
@@ -181,6 +285,8 @@ class BackendClient:
         dialect: Dialect = Dialect.VLLM,
         serves: Callable[[str], bool] | None = None,
         agent: IAgent | None = None,
+        body_idle_timeout: float = 300.0,
+        body_timeout: float = 600.0,
     ) -> None:
         # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
         # they never stay in the URL, which appears in logs.
@@ -197,6 +303,11 @@ class BackendClient:
         self.headers_timeout = headers_timeout
         self.retry = retry or RetryPolicy()
         self.breaker = breaker or CircuitBreaker(reactor, threshold=5, cool_down=15.0)
+        self.model_breakers = ModelBreakers(
+            reactor, threshold=self.breaker.threshold, cool_down=self.breaker.cool_down
+        )
+        self.body_idle_timeout = body_idle_timeout
+        self.body_timeout = body_timeout
         self.limit = limit or ConcurrencyLimit(limit=64, queue=512)
         self._rng = rng or random.Random()  # noqa: S311 -- backoff jitter, not security
         self.observer: BackendObserver = observer or _Unobserved()
@@ -250,18 +361,23 @@ class BackendClient:
         request_id: str | None = None,
         headers: dict[bytes, list[bytes]] | None = None,
         retry: bool = True,
+        model: str | None = None,
     ) -> IResponse:
         """Send a request and return the response as soon as its headers arrive (body unread, unbuffered).
 
         Nothing has reached the client yet, so refused or reset connections and 429/502/503/504 answers
         are retried with full-jitter backoff (honouring ``Retry-After``) while the policy allows.  The
-        breaker sees every outcome.  Connection failures raise BackendUnreachable / BackendTimeout; an
-        HTTP error status is returned for the caller to relay or raise (``raise_for_status``).
+        breakers see every outcome (``_attempt``); ``model`` names the backend model the request is for,
+        whose own breaker a server error counts toward.  Connection failures raise BackendUnreachable /
+        BackendTimeout; an HTTP error status is returned for the caller to relay or raise
+        (``raise_for_status``).
         """
         deadline = self._clock.seconds() + self.retry.budget
         attempt = 0
         while True:
-            outcome = await self._attempt(method, path, body, request_id, headers, first=attempt == 0)
+            outcome = await self._attempt(
+                method, path, body, request_id, headers, first=attempt == 0, model=model
+            )
             if isinstance(outcome, BackendError):
                 # A first attempt the backend closed unanswered most likely went out on a kept-alive
                 # connection it was closing (see _attempt): the retry goes at once.
@@ -292,8 +408,16 @@ class BackendClient:
         headers: dict[bytes, list[bytes]] | None,
         *,
         first: bool,
+        model: str | None,
     ) -> IResponse | BackendError:
-        """One attempt through the breaker: the response, or a failure worth retrying (others raise).
+        """One attempt through the breakers: the response, or a failure worth retrying (others raise).
+
+        What counts (``docs/operations.md``, "The circuit breakers"): toward the backend's breaker,
+        connection failures, timeouts and the gateway statuses 502/503/504, which say the server itself
+        is unwell; toward the model's own breaker, any other server error (500 ...) unless its body says
+        the request was invalid, since one broken model, or one client's bad bodies, must not take the
+        backend's healthy models away from everyone.  A backend's 4xx answers are the request's fault and
+        never count.
 
         A request that goes out on a kept-alive connection the server is closing is closed unanswered.
         llama.cpp's server closes every connection that carried a streamed reply, without saying so in
@@ -301,8 +425,10 @@ class BackendClient:
         idle for 5 s.  On a first attempt that says nothing about the backend's health, and a burst of
         requests can meet several such connections at once: counting each would open the breaker.
         """
+        model_breaker = self.model_breakers.find(model)
         try:
             probe = self.breaker.before_request()
+            model_probe = model_breaker.before_request() if model_breaker is not None else False
         except BackendCircuitOpen:
             self.observer.backend_error("breaker_open")
             raise
@@ -314,6 +440,8 @@ class BackendClient:
                     self.breaker.abandoned()
             else:
                 self.breaker.failed()
+            if model_probe and model_breaker is not None:
+                model_breaker.abandoned()
             self.observer.backend_error(error.reason)
             if isinstance(error, BackendUnreachable) and error.retryable:
                 return error
@@ -321,12 +449,25 @@ class BackendClient:
         except BaseException:
             if probe:
                 self.breaker.abandoned()
+            if model_probe and model_breaker is not None:
+                model_breaker.abandoned()
             raise
         self.observer.backend_response(response.code)
-        if response.code >= 500 and response.code != 501:
+        code = response.code
+        if code in GATEWAY_STATUSES:
             self.breaker.failed()
+            return response
+        self.breaker.succeeded()  # the server answered for itself
+        if code >= 500 and code != 501:
+            # The body decides, so it is read here (bounded) and kept for whoever relays the error.
+            error_body = await self.read_body(response, MAX_ERROR_BODY)
+            response = ReadResponse(response, error_body)
+            if blames_request(error_body):
+                self.model_breakers.succeeded(model)
+            else:
+                self.model_breakers.failed(model)
         else:
-            self.breaker.succeeded()
+            self.model_breakers.succeeded(model)
         return response
 
     async def _send(
@@ -384,43 +525,42 @@ class BackendClient:
         raise BackendRejected.from_backend(message, response.code)
 
     async def read_body(self, response: IResponse, limit: int) -> bytes:
-        """The whole body, up to ``limit`` bytes (the connection is dropped beyond that)."""
-        parts: list[bytes] = []
-        size = 0
-
-        def collect(data: bytes) -> None:
-            nonlocal size
-            size += len(data)
-            if size > limit:
-                raise BackendError(f"backend reply larger than {limit} bytes")
-            parts.append(data)
-
-        try:
-            await treq.collect(response, collect)
-        except BackendError:
-            raise
-        except CancelledError:
-            raise
-        except Exception as exc:
-            raise _connection_error(exc) from None
-        return b"".join(parts)
+        """The whole body, up to ``limit`` bytes, within ``body_idle_timeout`` between reads and
+        ``body_timeout`` in all (the connection is dropped beyond any of them): a backend that sends its
+        headers and then stalls cannot hold a request, or the model-list refresh, for ever."""
+        if isinstance(response, ReadResponse):
+            return response.body
+        done: Deferred[bytes] = Deferred(lambda _: reader.abort(None))
+        reader = _BodyReader(done, self._clock, limit, self.body_idle_timeout, self.body_timeout)
+        response.deliverBody(reader)
+        return await done
 
     async def get_json(self, path: str, *, request_id: str | None = None) -> Any:
         response = await self.request("GET", path, request_id=request_id)
         return await self.json_body(response)
 
     async def post_json(
-        self, path: str, payload: Any, *, request_id: str | None = None, retry: bool = True
+        self,
+        path: str,
+        payload: Any,
+        *,
+        request_id: str | None = None,
+        retry: bool = True,
+        model: str | None = None,
     ) -> Any:
         body = compact_json(payload)
-        response = await self.request("POST", path, body=body, request_id=request_id, retry=retry)
+        response = await self.request(
+            "POST", path, body=body, request_id=request_id, retry=retry, model=model
+        )
         return await self.json_body(response)
 
     async def json_body(self, response: IResponse) -> Any:
         await self.raise_for_status(response)
         body = await self.read_body(response, MAX_JSON_BODY)
         try:
-            return json.loads(body)
+            return parse_json(body, allow_constants=True)
+        except JSONRejected as exc:
+            raise BackendError(f"backend sent a reply the daemon cannot use: {exc}") from None
         except ValueError:
             raise BackendError("backend sent a reply that is not JSON") from None
 

@@ -12,17 +12,19 @@ case-insensitively; ``NAME`` and ``NAME:latest`` are the same model; ids that co
 from __future__ import annotations
 
 import fnmatch
+import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import attrs
+from twisted.internet import defer
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
 
 from ollama_proxy.backend import BackendClient
-from ollama_proxy.errors import BackendError, ModelNotFound, Overloaded
+from ollama_proxy.errors import BackendError, BackendTimeout, ModelNotFound, Overloaded
 from ollama_proxy.translate.models import ModelInfo, ModelOverride, listed_name, lookup_key, model_info
 from ollama_proxy.translate.timestamps import parse_go_duration
 
@@ -116,11 +118,15 @@ class ModelCatalog:
         model_map: Mapping[str, str],
         overrides: Mapping[str, ModelOverride],
         ttl: float,
+        fetch_timeout: float = 10.0,
     ) -> None:
         self.backends = tuple(backends)
         self._clock = clock
         self._overrides = overrides
         self._ttl = ttl
+        # One backend's whole /models exchange, headers and body: a refresh that stalls ends here and
+        # keeps that backend's previous list, so nothing waits on it for longer.
+        self._fetch_timeout = fetch_timeout
         self._listings: dict[BackendClient, _Listing] = {}
         self.errors: dict[BackendClient, str] = {}  # each backend's last /models failure, for /ready
         self._snapshot: Snapshot | None = None
@@ -209,10 +215,13 @@ class ModelCatalog:
         return _merge(answered)
 
     async def _fetch(self, client: BackendClient) -> _Listing | BaseException:
+        fetching = ensureDeferred(client.get_json("models")).addTimeout(self._fetch_timeout, self._clock)
         try:
-            body = await client.get_json("models")
+            body = await fetching
         except (BackendError, Overloaded) as error:
             return error
+        except defer.TimeoutError:
+            return BackendTimeout(f"the backend's /models took longer than {self._fetch_timeout:g} seconds")
         entries: Any = body.get("data") if isinstance(body, dict) else body
         if not isinstance(entries, list):
             return BackendError("backend /models reply has no model list")
@@ -264,12 +273,24 @@ class ModelCatalog:
 def keep_alive_seconds(value: str | float | None) -> float:
     """Seconds a model stays listed in ``/api/ps``: Ollama's rules (0 unloads, negative is forever).
 
-    Raises ValueError (Go's wording) for a string that is not a duration.
+    Always a finite number of at most ``FOREVER_SECONDS``, whatever the client sent (``1e300``, a
+    400-digit integer), so that every later reader (``/api/ps`` dates) can use it.  Raises ValueError
+    (Go's wording) for a string that is not a duration, and for a number that is not finite.
     """
     if value is None:
         return DEFAULT_KEEP_ALIVE
-    seconds = parse_go_duration(value) if isinstance(value, str) else float(value)
-    return FOREVER_SECONDS if seconds < 0 else seconds
+    if isinstance(value, str):
+        seconds = parse_go_duration(value)
+    else:
+        try:
+            seconds = float(value)
+        except OverflowError:  # an integer too large for a float: a very long time
+            seconds = FOREVER_SECONDS
+        if not math.isfinite(seconds):
+            raise ValueError("keep_alive must be a finite number of seconds")
+    if seconds < 0:
+        return FOREVER_SECONDS
+    return min(seconds, FOREVER_SECONDS)
 
 
 class RecentModels:

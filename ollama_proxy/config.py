@@ -81,6 +81,7 @@ class ProxyConfig:
     ollama_version: str = DEFAULT_OLLAMA_VERSION
     pool_size: int = 64
     models_ttl: float = 10.0
+    models_timeout: float = 10.0
     connect_timeout: float = 10.0
     stall_timeout: float = 60.0
     idle_timeout: float = 300.0
@@ -286,6 +287,11 @@ SETTINGS: tuple[Setting, ...] = (
         "Idle backend connections kept open for reuse, per backend (as many as --max-concurrent lets run).",
     ),
     Setting("models-ttl", _positive_float, "Seconds the backend's model list is cached."),
+    Setting(
+        "models-timeout",
+        _positive_float,
+        "Seconds a backend's /models answer may take, headers and body (the previous list is kept).",
+    ),
     Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
     Setting("stall-timeout", _positive_float, "Seconds a client may stop reading a stream before it is cut."),
     Setting("idle-timeout", _positive_float, "Seconds a backend stream may go silent before it is ended."),

@@ -2,12 +2,31 @@
 
 Everything the daemon writes as JSON (replies, stream lines, backend request bodies, logs excepted) goes
 through :func:`compact_json`; everything it reads goes through :func:`parse_json`.
+
+What a client sends is read strictly (:func:`parse_json` with its defaults), because whatever parses is
+then walked, translated and re-encoded by code that must not fail on it:
+
+* ``NaN``, ``Infinity`` and ``-Infinity`` are refused: they are not JSON, Python's decoder accepts them,
+  and forwarding them would send the backend invalid JSON.
+* Nesting deeper than :data:`MAX_DEPTH` is refused: deep enough for any real schema or tool definition,
+  shallow enough that no recursive walk or re-encoding (which adds a few levels of its own) can reach
+  Python's recursion limit.
+* Integers of more digits than Python converts (4,300) are refused with the decoder's own complaint.
+
+What a backend sends may carry ``-Infinity`` (log probabilities); it is read with ``allow_constants``.
 """
 
 from __future__ import annotations
 
 import json
-from typing import Any
+from collections.abc import Iterator
+from typing import Any, Final
+
+MAX_DEPTH: Final = 128
+
+
+class JSONRejected(ValueError):
+    """Parsed as JSON would be, but refused; the message says why, for the client."""
 
 
 def compact_json(obj: Any) -> bytes:
@@ -19,6 +38,57 @@ def compact_json(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
-def parse_json(data: bytes | str) -> Any:
-    """Decoded JSON; ``ValueError`` (``json.JSONDecodeError`` or ``UnicodeDecodeError``) when it is not."""
-    return json.loads(data)
+def _no_constants(name: str) -> Any:
+    raise JSONRejected(f"{name} is not a JSON number")
+
+
+def parse_json(data: bytes | str, *, allow_constants: bool = False, max_depth: int = MAX_DEPTH) -> Any:
+    """Decoded JSON.  Raises ``ValueError``: ``json.JSONDecodeError`` for what is not JSON (with its
+    position), :class:`JSONRejected` for JSON refused by the rules above, ``UnicodeDecodeError`` for
+    bytes that are not UTF-8."""
+    try:
+        value = json.loads(data, parse_constant=None if allow_constants else _no_constants)
+    except RecursionError:
+        raise JSONRejected(f"JSON nested deeper than {max_depth} levels") from None
+    except JSONRejected:
+        raise
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        raise
+    except ValueError as exc:  # the int-digits limit
+        raise JSONRejected(str(exc)) from None
+    if isinstance(value, (dict, list)) and _brackets(data) > max_depth and _depth(value) > max_depth:
+        raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _brackets(data: bytes | str) -> int:
+    """An upper bound on the nesting depth, counted in C: most bodies need no walk at all."""
+    if isinstance(data, bytes):
+        return data.count(b"[") + data.count(b"{")
+    return data.count("[") + data.count("{")
+
+
+def _children(value: Any) -> Iterator[Any]:
+    if isinstance(value, dict):
+        return iter(value.values())
+    if isinstance(value, list):
+        return iter(value)
+    return iter(())
+
+
+def _depth(value: Any) -> int:
+    """The nesting depth of decoded JSON, walked without recursion."""
+    deepest = 0
+    stack: list[tuple[Iterator[Any], int]] = [(_children(value), 1)]
+    while stack:
+        children, depth = stack[-1]
+        deepest = max(deepest, depth)
+        child = next(children, _END)
+        if child is _END:
+            stack.pop()
+        elif isinstance(child, (dict, list)):
+            stack.append((_children(child), depth + 1))
+    return deepest
+
+
+_END: Final = object()

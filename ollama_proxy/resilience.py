@@ -21,6 +21,11 @@ from ollama_proxy.errors import Overloaded
 
 # Statuses worth another attempt: the backend is briefly overloaded or restarting.
 RETRYABLE_STATUSES = frozenset({429, 502, 503, 504})
+# What a server (or the gateway in front of it) answers when it, not the request, is unwell: these count
+# toward the backend's breaker.  Other server errors count toward the model's own (ModelBreakers).
+GATEWAY_STATUSES = frozenset({502, 503, 504})
+# Model breakers kept per backend, at most: a client naming endless models cannot grow them without end.
+MAX_MODEL_BREAKERS = 1024
 # Ollama's own words for a full queue (clients match on them).
 QUEUE_FULL = "server busy, please try again.  maximum pending requests exceeded"
 
@@ -47,6 +52,7 @@ class CircuitBreaker:
         self.state = BreakerState.CLOSED
         self._opened_at = 0.0
         self._probing = False
+        self.subject = "the backend"  # what is failing, in the message
 
     def before_request(self) -> bool:
         """Raise BackendCircuitOpen if no request may go now; True when this request is the probe."""
@@ -60,7 +66,7 @@ class CircuitBreaker:
             return True
         wait = max(remaining, 0.0)
         raise BackendCircuitOpen(
-            f"the backend is failing ({self.failures} consecutive errors); "
+            f"{self.subject} is failing ({self.failures} consecutive errors); "
             f"requests are paused, next try in {wait:.1f} s"
         )
 
@@ -84,6 +90,44 @@ class CircuitBreaker:
         if self.state is BreakerState.CLOSED:
             return 0.0
         return max(self._opened_at + self.cool_down - self._clock.seconds(), 0.0)
+
+
+class ModelBreakers:
+    """One circuit breaker per model of a backend, for the server errors that are the model's (a broken
+    model, a template that fails on every request): they pause requests for that model only, while the
+    backend's other models go on being served.
+
+    A breaker exists only for a model that failed; it is dropped once a request for it succeeds again,
+    and at most ``MAX_MODEL_BREAKERS`` are kept (the oldest closed ones go first).
+    """
+
+    def __init__(self, clock: IReactorTime, *, threshold: int, cool_down: float) -> None:
+        self._clock = clock
+        self._threshold = threshold
+        self._cool_down = cool_down
+        self._breakers: dict[str, CircuitBreaker] = {}
+
+    def find(self, model: str | None) -> CircuitBreaker | None:
+        return None if model is None else self._breakers.get(model)
+
+    def failed(self, model: str | None) -> None:
+        key = model or ""
+        breaker = self._breakers.get(key)
+        if breaker is None:
+            if len(self._breakers) >= MAX_MODEL_BREAKERS:
+                closed = [k for k, b in self._breakers.items() if b.state is BreakerState.CLOSED]
+                for stale in (closed or list(self._breakers))[: len(self._breakers) - MAX_MODEL_BREAKERS + 1]:
+                    del self._breakers[stale]
+            breaker = CircuitBreaker(self._clock, threshold=self._threshold, cool_down=self._cool_down)
+            breaker.subject = f"the model {model}" if model else "the backend"
+            self._breakers[key] = breaker
+        breaker.failed()
+
+    def succeeded(self, model: str | None) -> None:
+        self._breakers.pop(model or "", None)
+
+    def open_models(self) -> list[str]:
+        return [model for model, b in self._breakers.items() if b.seconds_until_retry() > 0]
 
 
 @attrs.frozen

@@ -43,6 +43,8 @@ access_log = Logger(namespace="ollama_proxy.access")
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
 # Probes must work without a token (load balancers, systemd, Kubernetes).
 OPEN_PATHS = frozenset({b"/", b"/health", b"/ready"})
+# nginx's status for a request whose client went away before its answer ended.
+CLIENT_CLOSED_REQUEST = 499
 # How long the rest of an oversized body is read and dropped before the connection is closed anyway.
 LINGER_SECONDS = 10.0
 
@@ -236,6 +238,10 @@ class ProxyRequest(Request):
         if exchange.outcome is not None:  # finish() then connectionLost(): one event per request
             return
         exchange.outcome = outcome
+        if outcome is Outcome.CLIENT_GONE:
+            # What nginx logs for a request its client abandoned: whatever status line went out (or was
+            # about to), the client never had the whole answer.
+            self.code = CLIENT_CLOSED_REQUEST
         duration = time.monotonic() - exchange.started
         method = (self.method or b"").decode("ascii", "replace")
         path = (self.uri or b"").decode("utf-8", "replace").split("?", 1)[0]

@@ -21,7 +21,7 @@ from twisted.web.server import NOT_DONE_YET
 
 from ollama_proxy.catalog import keep_alive_seconds
 from ollama_proxy.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
-from ollama_proxy.json_codec import parse_json
+from ollama_proxy.json_codec import JSONRejected, parse_json
 from ollama_proxy.site import ProxyRequest
 
 log = Logger(namespace="ollama_proxy.web")
@@ -46,6 +46,8 @@ def read_json(request: ProxyRequest) -> Any:
         raise BadRequest("request body is not UTF-8") from None
     except json.JSONDecodeError as exc:
         raise BadRequest(f"invalid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except JSONRejected as exc:
+        raise BadRequest(f"invalid JSON: {exc}") from None
 
 
 def read_keep_alive(value: Any) -> float:

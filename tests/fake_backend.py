@@ -62,6 +62,15 @@ def sse(obj: Any) -> bytes:
     return b"data: " + _dumps(obj) + b"\n\n"
 
 
+def _body_model(rec: Any) -> str | None:
+    try:
+        body = json.loads(rec.body) if rec.body else None
+    except ValueError:
+        return None
+    model = body.get("model") if isinstance(body, dict) else None
+    return model if isinstance(model, str) else None
+
+
 def awkward_split(data: bytes) -> list[bytes]:
     """Split one SSE event at awkward places: inside ``data:``, mid-JSON, inside the first multi-byte UTF-8
     character (if any) and between the two terminating newlines."""
@@ -342,6 +351,9 @@ class FakeBackend:
         # request's retry is answered.
         self.close_first_attempts = False
         self._attempted: set[str] = set()
+        self._stalls: dict[str, int] = {}
+        self.stalled: list[Request] = []  # the requests left hanging by stall_next
+        self._model_failures: dict[str | None, tuple[int, dict[str, Any]]] = {}
         self._streams: set[_SSEStream] = set()
         self._delayed: set[IDelayedCall] = set()
         self._root: _Root | None = None
@@ -362,6 +374,20 @@ class FakeBackend:
         """The next ``times`` requests, to any path, get this error (queued after earlier failures)."""
         for _ in range(times):
             self._failures.append(_Failure(status, body, dict(headers or {})))
+
+    def stall_next(self, path: str, *, times: int = 1) -> None:
+        """The next ``times`` requests to ``path`` (``/v1/models``, ``/v1/chat/completions``) get their
+        response headers and one byte of body, then nothing more."""
+        self._stalls[path.rstrip("/")] = self._stalls.get(path.rstrip("/"), 0) + times
+
+    def fail_model(self, model: str, status: int, body: dict[str, Any] | None = None) -> None:
+        """Every request naming ``model`` in its body gets this error (until ``heal_model``): one broken
+        model on an otherwise healthy server."""
+        error = body or openai_error(f"model {model} crashed", "InternalServerError", status)
+        self._model_failures[model] = (status, error)
+
+    def heal_model(self, model: str) -> None:
+        self._model_failures.pop(model, None)
 
     def resource(self) -> IResource:
         if self._root is None:
@@ -409,6 +435,9 @@ class FakeBackend:
         """Stop listening, end every stream quietly, cancel timers and close open connections."""
         for stream in list(self._streams):
             stream.close()
+        for hanging in self.stalled:
+            _abort_request(hanging)
+        self.stalled.clear()
         for call in list(self._delayed):
             if call.active():
                 call.cancel()
@@ -488,6 +517,18 @@ class FakeBackend:
             return NOT_DONE_YET
         if self._failures:
             return self._send_failure(request, self._failures.popleft())
+        stalls = self._stalls.get(rec.path.rstrip("/"), 0)
+        if stalls:
+            # Headers and a first byte, then nothing: a hung worker or a half-open connection.
+            self._stalls[rec.path.rstrip("/")] = stalls - 1
+            request.setResponseCode(200)
+            request.setHeader(b"content-type", b"application/json")
+            request.write(b"{")
+            self.stalled.append(request)
+            return NOT_DONE_YET
+        model_failure = self._model_failures.get(_body_model(rec))
+        if model_failure is not None:
+            return self._json(request, model_failure[0], model_failure[1])
         if self.api_key is not None:
             auth = rec.headers.get("authorization", "")
             if auth != f"Bearer {self.api_key}":

@@ -1,6 +1,7 @@
 """The gate, the resource tree and every timer of the daemon, in memory on a simulated clock
-(``tests/support.py``'s ``MemoryDaemon``): no socket, no wall-clock wait, so a cool-down of 15 s is tested by advancing the
-clock 15 s and a timeout is shown to fire exactly when it should, not merely eventually."""
+(``tests/support.py``'s ``MemoryDaemon``): no socket, no wall-clock wait, so a cool-down of 15 s is
+tested by advancing the clock 15 s and a timeout is shown to fire exactly when it should, not merely
+eventually."""
 
 from __future__ import annotations
 

@@ -155,9 +155,11 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     client.transport.loseConnection()
     await eventually(lambda: any(e["outcome"] == "client_gone" for e in access_events))
     (event,) = [e for e in access_events if e["path"] == "/api/chat"]
-    assert event["status"] == 200
+    assert event["status"] == 499  # nginx's "client closed request", not the 200 that went out first
     assert event["ttft_ms"] is not None
     assert event["bytes_out"] > 0
+    requests = proxy.service.app.metrics.requests
+    assert requests.labels("/api/chat", "POST", "499")._value.get() == 1
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:

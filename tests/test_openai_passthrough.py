@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -251,8 +252,37 @@ def test_model_names(name: str, alias: tuple[str, str] | None, rewrite: bool, ma
         (b"", None),
     ],
 )
-def test_body_model(body: bytes, expected: tuple[dict[str, Any], str] | None) -> None:
-    assert body_model(body) == expected
+def test_body_model_elsewhere_leaves_what_it_cannot_read(
+    body: bytes, expected: tuple[dict[str, Any], str] | None
+) -> None:
+    """Off the model endpoints (files, audio ...) a body is the backend's business."""
+    assert body_model("files", body) == expected
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        (b'{"model": 3}', "'model' must be a string"),
+        (b'{"model": ["x"]}', "'model' must be a string"),
+        (b'{"model": {}}', "'model' must be a string"),
+        (b'{"messages": []}', "you must provide a model parameter"),
+        (b'[{"model": "qwen"}]', "the request body must be a JSON object"),
+        (b"3", "the request body must be a JSON object"),
+        (b"null", "the request body must be a JSON object"),
+        (b'"x"', "the request body must be a JSON object"),
+        (b"{not json", "the request body is not valid JSON: Expecting property name"),
+        (b'{"model": "a", "temperature": NaN}', "NaN is not a JSON number"),
+        (b"[" * 50_000 + b"]" * 50_000, "nested deeper than"),
+        (b'{"model": "\xff"}', "not UTF-8"),
+        (b"", "not valid JSON"),
+    ],
+)
+@pytest.mark.parametrize("target", ["chat/completions", "completions", "embeddings?x=1"])
+def test_body_model_on_model_endpoints_refuses_what_it_cannot_route(
+    target: str, body: bytes, message: str
+) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        body_model(target, body)
 
 
 json_values = st.recursive(
@@ -266,7 +296,7 @@ json_values = st.recursive(
 def test_with_model_replaces_only_the_model(data: dict[str, Any], old: str, new: str) -> None:
     original = {"model": old, **data} if "model" not in data else {**data, "model": old}
     rewritten = with_model(original, new)
-    found = body_model(rewritten)
+    found = body_model("chat/completions", rewritten)
     assert found is not None
     assert found == ({**original, "model": new}, new)
     assert list(json.loads(rewritten)) == list(original)  # key order kept

@@ -56,7 +56,9 @@ class EmbeddingHandler(Handler):
             body = embeddings_request(resolved.backend_id, batch)
             try:
                 async with client.limit:
-                    data = await client.post_json("embeddings", body, request_id=request_id, retry=retry)
+                    data = await client.post_json(
+                        "embeddings", body, request_id=request_id, retry=retry, model=resolved.backend_id
+                    )
             except BackendRejected as error:
                 if error.backend_status != 404:
                     raise

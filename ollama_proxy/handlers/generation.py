@@ -99,7 +99,9 @@ class GenerationHandler(Handler):
         request_id = request.exchange.request_id
         started = now()
         if not stream:
-            data = await client.post_json(endpoint, body, request_id=request_id, retry=retry)
+            data = await client.post_json(
+                endpoint, body, request_id=request_id, retry=retry, model=resolved.backend_id
+            )
             reply = completion_to_reply(
                 data,
                 model=resolved.name,
@@ -113,7 +115,12 @@ class GenerationHandler(Handler):
             return
         try:
             response = await client.request(
-                "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
+                "POST",
+                endpoint,
+                body=compact_json(body),
+                request_id=request_id,
+                retry=retry,
+                model=resolved.backend_id,
             )
             await client.raise_for_status(response)
         except BackendRejected as error:
@@ -123,7 +130,12 @@ class GenerationHandler(Handler):
             # only without token counts.
             body = {key: value for key, value in body.items() if key != "stream_options"}
             response = await client.request(
-                "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry
+                "POST",
+                endpoint,
+                body=compact_json(body),
+                request_id=request_id,
+                retry=retry,
+                model=resolved.backend_id,
             )
             await client.raise_for_status(response)
         translator = StreamTranslator(

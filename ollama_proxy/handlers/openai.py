@@ -12,7 +12,6 @@ daemon itself answers with an error is in OpenAI's shape; the rules themselves l
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 from twisted.web.iweb import IResponse
@@ -20,7 +19,7 @@ from twisted.web.iweb import IResponse
 from ollama_proxy.app import App
 from ollama_proxy.backend import MAX_JSON_BODY, BackendClient
 from ollama_proxy.errors import BackendError, BadRequest, ModelNotFound, NotFound, Overloaded
-from ollama_proxy.json_codec import compact_json
+from ollama_proxy.json_codec import compact_json, parse_json
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.openai import (
@@ -98,10 +97,10 @@ class OpenAIResource(Handler):
             await self._merged_model_list(request)
             return
         raw = _raw_body(request)
+        body: bytes | None = None
         backend = self.app.backend
-        body, backend = await self._rewrite_model(request, raw) if raw else (None, backend)
-        if body is None and method in _BODY_METHODS:
-            body = b""
+        if raw or method in _BODY_METHODS:  # an empty one still goes with Content-Length: 0
+            body, backend = await self._rewrite_model(request, target, raw)
         headers = request_headers(request.requestHeaders.getAllRawHeaders())
         authorization = request.getHeader(b"authorization")
         if authorization is not None and not request.exchange.client_key:
@@ -113,7 +112,12 @@ class OpenAIResource(Handler):
         request_id = request.exchange.request_id
         async with backend.limit:
             response = await backend.request(
-                method, target, body=body, request_id=request_id, headers=headers
+                method,
+                target,
+                body=body,
+                request_id=request_id,
+                headers=headers,
+                model=request.exchange.backend_model,
             )
             if method == "GET" and is_list and response.code == 200:
                 await self._model_list(request, response)
@@ -122,10 +126,15 @@ class OpenAIResource(Handler):
             else:
                 await self._relay(request, response)
 
-    async def _rewrite_model(self, request: ProxyRequest, body: bytes) -> tuple[bytes, BackendClient]:
+    async def _rewrite_model(
+        self, request: ProxyRequest, target: str, body: bytes
+    ) -> tuple[bytes, BackendClient]:
         """The body with an alias (or ``NAME:latest``) in ``model`` replaced by the backend id, and the
         backend that serves that model (with one backend, the catalog is consulted only for aliases)."""
-        found = body_model(body)
+        try:
+            found = body_model(target, body)
+        except ValueError as exc:
+            raise BadRequest(str(exc)) from None
         catalog = self.app.catalog
         backend = self.app.backend
         if found is not None:
@@ -182,7 +191,7 @@ class OpenAIResource(Handler):
         """``/models``: the backend's list with the model-map aliases added as entries of their own."""
         raw = await self.app.backend.read_body(response, MAX_JSON_BODY)
         try:
-            data: Any = json.loads(raw)
+            data: Any = parse_json(raw, allow_constants=True)
         except ValueError:
             merged: Any = None
         else:

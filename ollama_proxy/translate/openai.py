@@ -20,11 +20,12 @@ The decisions, all pure functions of their inputs:
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote
 
-from ollama_proxy.json_codec import compact_json
+from ollama_proxy.json_codec import compact_json, parse_json
 from ollama_proxy.translate.models import lookup_key
 from ollama_proxy.wire.openai import sse_error_event
 
@@ -143,7 +144,8 @@ def backend_target(path: bytes, query: bytes, *, prefix: bytes = b"/v1") -> str:
         query_text = query.decode("ascii")
     except UnicodeDecodeError:
         raise ValueError("the request path is not ASCII") from None
-    if any(unquote(segment) in (".", "..") for segment in text.split("/")):
+    # Segments are checked after decoding the whole path, so "..%2F" and "%2e%2e" are refused like "../".
+    if any(segment in (".", "..") for segment in re.split(r"[/\\]", unquote(text))):
         raise ValueError("the request path has a dot segment")
     target = text.lstrip("/")
     return f"{target}?{query_text}" if query_text else target
@@ -194,17 +196,48 @@ def mapped_name(name: str, model_map: Mapping[str, str]) -> str:
     return stripped[: -len(":latest")] if stripped.lower().endswith(":latest") else name
 
 
-def body_model(body: bytes) -> tuple[dict[str, Any], str] | None:
-    """The JSON object and its string ``model``, when the body is one; None for anything else."""
-    if body.lstrip()[:1] != b"{":
+# Endpoints whose request body is a JSON object naming the model: the daemon routes by that model and
+# rewrites aliases in it, so it reads them, and a body it cannot read there is the client's 400.
+MODEL_BODIES: Final = frozenset({"chat/completions", "completions", "embeddings"})
+
+
+def body_model(target: str, body: bytes) -> tuple[dict[str, Any], str] | None:
+    """The JSON object and its ``model``, for a body that names one; None for a body the daemon leaves
+    alone (another endpoint's, such as a multipart upload, or one without a ``model``).
+
+    On the model endpoints (:data:`MODEL_BODIES`) the body must be a JSON object, strictly parsed
+    (``json_codec.parse_json``), whose ``model`` is a string: anything else raises ``ValueError`` with the
+    client's message, and the backend never sees it.
+    """
+    strict = target.split("?", 1)[0] in MODEL_BODIES
+    if not strict and body.lstrip()[:1] != b"{":
         return None
     try:
-        data = json.loads(body)
-    except (ValueError, UnicodeDecodeError):
+        data = parse_json(body)
+    except UnicodeDecodeError:
+        if strict:
+            raise ValueError("the request body is not UTF-8") from None
         return None
-    if not isinstance(data, dict) or not isinstance(data.get("model"), str):
+    except json.JSONDecodeError as exc:
+        if strict:
+            raise ValueError(f"the request body is not valid JSON: {exc.msg} at line {exc.lineno}") from None
         return None
-    return data, data["model"]
+    except ValueError as exc:  # JSONRejected: too deep, NaN, a huge number
+        if strict:
+            raise ValueError(f"the request body is not valid JSON: {exc}") from None
+        return None
+    if not isinstance(data, dict):
+        if strict:
+            raise ValueError("the request body must be a JSON object")
+        return None
+    model = data.get("model")
+    if isinstance(model, str):
+        return data, model
+    if strict and model is not None:
+        raise ValueError("'model' must be a string")
+    if strict:
+        raise ValueError("you must provide a model parameter")
+    return None
 
 
 def with_model(data: Mapping[str, Any], model: str) -> bytes:

@@ -28,6 +28,7 @@ from typing import Any, Final, Literal
 import attrs
 
 from ollama_proxy.errors import BackendError
+from ollama_proxy.json_codec import parse_json
 from ollama_proxy.translate.chat import synthesize_call_id
 from ollama_proxy.translate.timestamps import rfc3339_utc
 
@@ -216,7 +217,7 @@ def tool_arguments(name: str, text: str) -> dict[str, Any]:
     if not text.strip() or text.strip() == "null":
         return {}
     try:
-        value = json.loads(text)
+        value = parse_json(text)
     except ValueError:
         raise BackendError(f"backend returned invalid JSON arguments for tool call '{name}'") from None
     if not isinstance(value, dict):

@@ -54,11 +54,18 @@ _UNIT_SECONDS = {
 }
 
 
+# The longest duration text looked at: "2562047h47m16.854775807s" (Go's maximum) is 24 characters.
+MAX_DURATION_TEXT = 64
+MAX_GO_DURATION_SECONDS = (2**63 - 1) / 1e9
+
+
 def parse_go_duration(text: str) -> float:
     """Seconds in a Go duration (``"5m"``, ``"1h30m"``, ``"-1s"``, ``"0"``), as ``keep_alive`` takes it.
 
     Raises ValueError with Go's wording, which Ollama returns as a 400.
     """
+    if len(text) > MAX_DURATION_TEXT:
+        raise ValueError(f"time: invalid duration (longer than {MAX_DURATION_TEXT} characters)")
     body = text.strip()
     sign = -1.0 if body.startswith("-") else 1.0
     body = body.lstrip("+-")
@@ -76,4 +83,7 @@ def parse_go_duration(text: str) -> float:
             raise ValueError(f'time: invalid duration "{text}"')
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         position = match.end()
+    if total > MAX_GO_DURATION_SECONDS:
+        # Go's time.Duration holds at most 2**63 ns (about 292 years) and refuses more.
+        raise ValueError(f'time: invalid duration "{text}"')
     return sign * total
