@@ -75,7 +75,7 @@ def error_message(body: bytes, status: int) -> str:
     """The human message inside a backend error body (OpenAI, vLLM, llama.cpp, FastAPI shapes)."""
     text = body[:MAX_ERROR_BODY].decode("utf-8", "replace").strip()
     try:
-        data = parse_json(text, allow_constants=True)
+        data = parse_json(text, allow_constants=True, max_values=None)
     except ValueError:
         data = None
     if isinstance(data, dict):
@@ -101,7 +101,7 @@ def blames_request(body: bytes) -> bool:
     """Whether a server error's body says the request itself was invalid (some servers answer a bad
     request with a 500 whose error type says so); such an answer says nothing about the model's health."""
     try:
-        data = parse_json(body[:MAX_ERROR_BODY], allow_constants=True)
+        data = parse_json(body[:MAX_ERROR_BODY], allow_constants=True, max_values=None)
     except ValueError:
         return False
     error = data.get("error") if isinstance(data, dict) else None
@@ -558,7 +558,7 @@ class BackendClient:
         await self.raise_for_status(response)
         body = await self.read_body(response, MAX_JSON_BODY)
         try:
-            return parse_json(body, allow_constants=True)
+            return parse_json(body, allow_constants=True, max_values=None)
         except JSONRejected as exc:
             raise BackendError(f"backend sent a reply the daemon cannot use: {exc}") from None
         except ValueError:

@@ -91,7 +91,7 @@ class ProxyConfig:
     retry_budget: float = 15.0
     breaker_threshold: int = 5
     breaker_cooldown: float = 15.0
-    max_body: int = 64 * 1024 * 1024
+    max_body: int = 32 * 1024 * 1024  # docs/operations.md, "Memory per request"
     max_concurrent: int = 64
     max_queue: int = 512
     drain_timeout: float = 30.0
@@ -305,7 +305,7 @@ SETTINGS: tuple[Setting, ...] = (
         "breaker-threshold", _positive_int, "Consecutive backend failures that open the circuit breaker."
     ),
     Setting("breaker-cooldown", _positive_float, "Seconds the breaker stays open before one probe request."),
-    Setting("max-body", _byte_size, "Largest request body accepted (413 beyond), e.g. 64MiB."),
+    Setting("max-body", _byte_size, "Largest request body accepted (413 beyond), e.g. 32MiB."),
     Setting("max-concurrent", _positive_int, "Backend requests in flight at once."),
     Setting("max-queue", _non_negative_int, "Requests that may wait for a backend slot (503 beyond)."),
     Setting("drain-timeout", _positive_float, "Seconds in-flight requests get to finish on SIGTERM."),

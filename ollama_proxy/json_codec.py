@@ -12,6 +12,9 @@ then walked, translated and re-encoded by code that must not fail on it:
   shallow enough that no recursive walk or re-encoding (which adds a few levels of its own) can reach
   Python's recursion limit.
 * Integers of more digits than Python converts (4,300) are refused with the decoder's own complaint.
+* More than :data:`MAX_VALUES` values in one body are refused: a value costs Python 30 to 70 bytes, so a
+  body of tiny values (``[{},{},...]``) would otherwise cost some 30 times its size in memory, where a body
+  of long strings (prompts, images) costs a few times its size.
 
 What a backend sends may carry ``-Infinity`` (log probabilities); it is read with ``allow_constants``.
 """
@@ -19,10 +22,14 @@ What a backend sends may carry ``-Infinity`` (log probabilities); it is read wit
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterator
 from typing import Any, Final
 
 MAX_DEPTH: Final = 128
+MAX_VALUES: Final = 1_000_000
+# JSON strings, for counting the values outside them.
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
 
 
 class JSONRejected(ValueError):
@@ -42,10 +49,19 @@ def _no_constants(name: str) -> Any:
     raise JSONRejected(f"{name} is not a JSON number")
 
 
-def parse_json(data: bytes | str, *, allow_constants: bool = False, max_depth: int = MAX_DEPTH) -> Any:
+def parse_json(
+    data: bytes | str,
+    *,
+    allow_constants: bool = False,
+    max_depth: int = MAX_DEPTH,
+    max_values: int | None = MAX_VALUES,
+) -> Any:
     """Decoded JSON.  Raises ``ValueError``: ``json.JSONDecodeError`` for what is not JSON (with its
     position), :class:`JSONRejected` for JSON refused by the rules above, ``UnicodeDecodeError`` for
-    bytes that are not UTF-8."""
+    bytes that are not UTF-8.  A backend's replies are read with ``allow_constants`` and no value limit
+    (a batch of embeddings is a million numbers)."""
+    if max_values is not None and _too_many_values(data, max_values):
+        raise JSONRejected(f"JSON with more than {max_values} values")
     try:
         value = json.loads(data, parse_constant=None if allow_constants else _no_constants)
     except RecursionError:
@@ -59,6 +75,16 @@ def parse_json(data: bytes | str, *, allow_constants: bool = False, max_depth: i
     if isinstance(value, (dict, list)) and _brackets(data) > max_depth and _depth(value) > max_depth:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
     return value
+
+
+def _too_many_values(data: bytes | str, limit: int) -> bool:
+    """Whether ``data`` holds more than ``limit`` values, counting separators in C: commas bound the
+    count from above (with depth bounded, a container holds at most one value without a comma), and only
+    a body with that many commas is looked at again without its strings (whose commas are text)."""
+    raw = data.encode("utf-8", "surrogatepass") if isinstance(data, str) else data
+    if raw.count(b",") < limit:
+        return False
+    return _STRING.sub(b"", raw).count(b",") >= limit
 
 
 def _brackets(data: bytes | str) -> int:

@@ -24,7 +24,7 @@ DEFAULTS = {
     "dialect": "guessed from the URL's host",
     "api-key-file": "none: `OPENAI_API_KEY`",
     "model-map": "none",
-    "max-body": "`64MiB`",
+    "max-body": "`32MiB`",
     "client-keys-file": "none: no client auth, as Ollama",
     "origins": "none: Ollama's local origins only",
 }

@@ -242,3 +242,22 @@ async def test_encoded_dot_segments_are_refused(proxy: RunningProxy, http: HTTPC
     assert response.code == 400
     assert (await read_json(response))["error"]["message"] == "the request path has a dot segment"
     assert len(proxy.backend.requests) == before
+
+
+@pytest.mark.parametrize("path", ["/api/chat", "/api/show", "/v1/chat/completions"])
+@pytest_twisted.ensureDeferred
+async def test_a_body_of_countless_tiny_values_is_refused_before_it_is_parsed(
+    proxy: RunningProxy, http: HTTPClient, path: str
+) -> None:
+    """A value costs Python 30 to 70 bytes: 3 MiB of ``{},`` would cost the daemon some 80 MiB, a 16 MiB
+    one 443 MiB (``bench/body_memory.py``); past a million values a body is refused unread."""
+    body = b'{"model": "qwen", "messages": [], "x": [' + b"{}," * 1_000_000 + b"{}]}"
+    response = await http.post(proxy.url + path, data=body)
+    assert response.code == 400
+    error = (await read_json(response))["error"]
+    assert "more than 1000000 values" in (error if isinstance(error, str) else error["message"])
+    # Commas inside strings are text, not values: a prompt full of them is read as usual.
+    csv = ",".join(["1"] * 1_200_000)
+    prompt = {"model": "qwen", "messages": [{"role": "user", "content": csv}], "stream": False}
+    response = await http.post(proxy.url + "/api/chat", json=prompt)
+    assert response.code == 200

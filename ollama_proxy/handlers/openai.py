@@ -191,7 +191,7 @@ class OpenAIResource(Handler):
         """``/models``: the backend's list with the model-map aliases added as entries of their own."""
         raw = await self.app.backend.read_body(response, MAX_JSON_BODY)
         try:
-            data: Any = parse_json(raw, allow_constants=True)
+            data: Any = parse_json(raw, allow_constants=True, max_values=None)
         except ValueError:
             merged: Any = None
         else:

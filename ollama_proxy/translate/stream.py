@@ -120,7 +120,7 @@ class EventStreamTransform:
                 self._saw_done = True
                 continue
             try:
-                payload = parse_json(event.data, allow_constants=True)
+                payload = parse_json(event.data, allow_constants=True, max_values=None)
             except ValueError:
                 self._bad_events += 1
                 if self._bad_events >= MAX_BAD_EVENTS:
