@@ -129,7 +129,7 @@ def main() -> None:
                 _reset_peak(daemon.pid)
                 status = _post(daemon_port, path, body)
                 peak = _kib(daemon.pid, "VmHWM") - idle
-                cells.append(f"{peak / 1024:.0f} MiB ({peak * 1024 / len(body):.1f}×, {status})")
+                cells.append(f"{peak / 1024:.0f} MiB ({peak * 1024 / len(body):.1f}x, {status})")
             print(f"| {name} ({len(body) / 2**20:.1f} MiB) | {' | '.join(cells)} |")
     finally:
         for proc in (daemon, backend):
