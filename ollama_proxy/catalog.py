@@ -22,6 +22,7 @@ from twisted.internet import defer
 from twisted.internet.defer import Deferred, FirstError, ensureDeferred, gatherResults
 from twisted.internet.interfaces import IReactorTime
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.errors import BackendError, BackendTimeout, ModelNotFound, Overloaded
@@ -130,7 +131,8 @@ class ModelCatalog:
         self._listings: dict[BackendClient, _Listing] = {}
         self.errors: dict[BackendClient, str] = {}  # each backend's last /models failure, for /ready
         self._snapshot: Snapshot | None = None
-        self._pending: list[Deferred[Snapshot]] | None = None
+        self._refreshing: Deferred[Snapshot] | None = None
+        self._waiters: list[Deferred[Snapshot]] = []
         self.model_map: Mapping[str, str] = {}
         self._aliases: dict[str, str] = {}
         self.set_model_map(model_map)
@@ -170,23 +172,25 @@ class ModelCatalog:
         current = self._snapshot
         if current is not None and self._clock.seconds() - current.fetched_at < limit:
             return current
-        if self._pending is not None:
-            waiter: Deferred[Snapshot] = Deferred()
-            self._pending.append(waiter)
-            return await waiter
-        self._pending = []
-        try:
-            fresh = await self._refresh(limit)
-        except BaseException as exc:
-            waiters, self._pending = self._pending, None
+        if self._refreshing is None:
+            # The refresh belongs to no one request: a client that leaves cancels only its own wait
+            # (its waiter's canceller), never the fetch the others are waiting on.
+            self._refreshing = ensureDeferred(self._refresh(limit))
+            self._refreshing.addBoth(self._refreshed)
+        waiter: Deferred[Snapshot] = Deferred(self._waiters.remove)
+        self._waiters.append(waiter)
+        return await waiter
+
+    def _refreshed(self, outcome: Snapshot | Failure) -> None:
+        self._refreshing = None
+        waiters, self._waiters = self._waiters, []
+        if isinstance(outcome, Failure):
             for waiter in waiters:
-                waiter.errback(exc)
-            raise
-        waiters, self._pending = self._pending, None
-        self._snapshot = fresh
+                waiter.errback(outcome)
+            return
+        self._snapshot = outcome
         for waiter in waiters:
-            waiter.callback(fresh)
-        return fresh
+            waiter.callback(outcome)
 
     async def _refresh(self, limit: float) -> Snapshot:
         now = self._clock.seconds()

@@ -261,3 +261,23 @@ async def test_a_body_of_countless_tiny_values_is_refused_before_it_is_parsed(
     prompt = {"model": "qwen", "messages": [{"role": "user", "content": csv}], "stream": False}
     response = await http.post(proxy.url + "/api/chat", json=prompt)
     assert response.code == 200
+
+
+def test_a_client_that_leaves_during_a_model_list_refresh_does_not_fail_the_others() -> None:
+    """The refresh one request starts is shared by everyone who needs the list meanwhile; the first
+    client leaving must cancel only its own wait (it used to cancel the fetch, and every other waiter
+    got a 500)."""
+    running = MemoryDaemon(api_key=KEY)
+    catalog = running.app.catalog
+    running.backend.stall_next("/v1/models")  # the list comes when the test says so
+    leaving = ensureDeferred(catalog.snapshot())
+    staying = ensureDeferred(catalog.snapshot())
+    running.pump()
+    leaving.cancel()  # what the first client's disconnect does to its handler
+    leaving.addErrback(lambda failure: None)  # its own CancelledError
+    (answering,) = running.backend.stalled
+    models = [{"id": name, "object": "model", "created": 1, "owned_by": "vllm"} for name in (MODEL, OTHER)]
+    answering.write(json.dumps({"object": "list", "data": models})[1:].encode())  # after the "{" sent
+    answering.finish()
+    snapshot = running.settle(staying)
+    assert [info.id for info in snapshot.models] == [MODEL, OTHER]
