@@ -11,6 +11,7 @@ from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
 from ollama_proxy.config import BackendConfig, ProxyConfig
 from ollama_proxy.metrics import Metrics
+from ollama_proxy.redact import Scrubber, backend_secrets
 from ollama_proxy.resilience import CircuitBreaker, ConcurrencyLimit, RetryPolicy
 
 
@@ -26,6 +27,8 @@ class App:
     recent: RecentModels
     started_at: float  # wall clock at start-up: the modified_at of models whose backend gives no date
     metrics: Metrics
+    # Every secret the configuration holds, removed from whatever backend text leaves the daemon.
+    scrubber: Scrubber
 
     @property
     def backend(self) -> BackendClient:
@@ -36,7 +39,11 @@ class App:
     def build(cls, config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> App:
         """``agent``: how backend requests travel (tests pass an in-memory one); default, TCP."""
         metrics = Metrics()
-        backends = tuple(_client(spec, config, reactor, metrics, agent) for spec in config.backends)
+        scrubber = Scrubber(
+            (secret for spec in config.backends for secret in backend_secrets(spec.url, spec.api_key)),
+            client_keys=config.client_keys,
+        )
+        backends = tuple(_client(spec, config, reactor, metrics, agent, scrubber) for spec in config.backends)
         catalog = ModelCatalog(
             backends,
             reactor,
@@ -45,11 +52,17 @@ class App:
             ttl=config.models_ttl,
             fetch_timeout=config.models_timeout,
         )
-        return cls(config, reactor, backends, catalog, RecentModels(reactor), reactor.seconds(), metrics)
+        recent = RecentModels(reactor)
+        return cls(config, reactor, backends, catalog, recent, reactor.seconds(), metrics, scrubber)
 
 
 def _client(
-    spec: BackendConfig, config: ProxyConfig, reactor: Any, metrics: Metrics, agent: IAgent | None
+    spec: BackendConfig,
+    config: ProxyConfig,
+    reactor: Any,
+    metrics: Metrics,
+    agent: IAgent | None,
+    scrubber: Scrubber,
 ) -> BackendClient:
     """One backend's client: its own pool, breaker and concurrency limit."""
     return BackendClient(
@@ -72,4 +85,5 @@ def _client(
         body_idle_timeout=config.idle_timeout,
         # A body is not read for longer than its headers could have taken.
         body_timeout=config.headers_timeout,
+        scrubber=scrubber,
     )

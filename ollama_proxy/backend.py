@@ -7,12 +7,10 @@ connection exception and clients never see the backend's key or address credenti
 
 from __future__ import annotations
 
-import base64
 import json
 import random
 from collections.abc import Callable
 from typing import Any, Protocol
-from urllib.parse import unquote, urlsplit, urlunsplit
 
 from hyperlink import EncodedURL
 from treq.client import HTTPClient
@@ -40,6 +38,7 @@ from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
 from ollama_proxy.json_codec import JSONRejected, compact_json, parse_json
+from ollama_proxy.redact import Scrubber, backend_secrets, basic_credentials, redact_url
 from ollama_proxy.resilience import (
     GATEWAY_STATUSES,
     RETRYABLE_STATUSES,
@@ -58,17 +57,6 @@ MAX_ERROR_BODY = 64 * 1024
 MAX_CACHED_URLS = 256
 # JSON replies (model lists, non-stream completions) are bounded too.
 MAX_JSON_BODY = 64 * 1024 * 1024
-
-
-def redact_url(url: str) -> str:
-    """The URL without ``user:password@``, for logs and messages."""
-    parts = urlsplit(url)
-    if parts.username is None and parts.password is None:
-        return url
-    host = parts.hostname or ""
-    if parts.port:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, parts.query, parts.fragment))
 
 
 def error_message(body: bytes, status: int) -> str:
@@ -287,18 +275,19 @@ class BackendClient:
         agent: IAgent | None = None,
         body_idle_timeout: float = 300.0,
         body_timeout: float = 600.0,
+        scrubber: Scrubber | None = None,
     ) -> None:
         # Credentials in the URL (``http://user:pass@host/v1``) become Basic auth when no key is set;
         # they never stay in the URL, which appears in logs.
-        parts = urlsplit(base_url)
         self.base_url = redact_url(base_url).rstrip("/")
-        self._api_key = api_key
+        basic = basic_credentials(base_url)
         self._authorization: bytes | None = None
         if api_key:
             self._authorization = b"Bearer " + api_key.encode()
-        elif parts.username is not None or parts.password is not None:
-            user_info = f"{unquote(parts.username or '')}:{unquote(parts.password or '')}".encode()
-            self._authorization = b"Basic " + base64.b64encode(user_info)
+        elif basic is not None:
+            self._authorization = b"Basic " + basic.encode("ascii")
+        # Every configured secret (the App's, shared by all backends), else this backend's own.
+        self.scrubber = scrubber or Scrubber(backend_secrets(base_url, api_key))
         self._clock = reactor
         self.headers_timeout = headers_timeout
         self.retry = retry or RetryPolicy()
@@ -345,12 +334,6 @@ class BackendClient:
                 continue  # a pass-through client's own Authorization: the configured credentials replace it
             headers.setRawHeaders(name, values)
         return headers
-
-    def scrub(self, message: str) -> str:
-        """Remove the backend key from a message the backend wrote (some echo the key they rejected)."""
-        if self._api_key and self._api_key in message:
-            message = message.replace(self._api_key, "[redacted]")
-        return message
 
     async def request(
         self,
@@ -517,11 +500,15 @@ class BackendClient:
         return response
 
     async def raise_for_status(self, response: IResponse) -> None:
-        """Turn a backend HTTP error into BackendRejected with the backend's own message."""
+        """Turn a backend HTTP error into BackendRejected with the backend's own message, scrubbed of every
+        secret (backends quote the credentials they rejected): from here it reaches clients, logs and
+        ``/ready``."""
         if response.code < 400:
             return
-        body = await self.read_body(response, MAX_ERROR_BODY)
-        message = self.scrub(error_message(body, response.code))
+        # Scrubbed before the message is cut to length (a secret cut short is no longer recognisable) and
+        # after JSON decoded it (an escape can spell a secret's characters differently).
+        body = self.scrubber.scrub_bytes(await self.read_body(response, MAX_ERROR_BODY))
+        message = self.scrubber.scrub(error_message(body, response.code))
         raise BackendRejected.from_backend(message, response.code)
 
     async def read_body(self, response: IResponse, limit: int) -> bytes:

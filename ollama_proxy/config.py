@@ -22,6 +22,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ollama_proxy import schemas
 from ollama_proxy.errors import ConfigError
+from ollama_proxy.redact import redact_url
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.models import KNOWN_CAPABILITIES, ModelOverride
 
@@ -119,14 +120,15 @@ def parse_backend_url(value: str) -> str:
     """The OpenAI base URL exactly as the OpenAI SDK's ``base_url`` takes it, without a trailing slash."""
     text = value.strip()
     parts = urlsplit(text)
+    shown = redact_url(value)  # the message is printed: not the credentials it may carry
     if parts.scheme not in ("http", "https") or not parts.hostname or " " in text:
-        raise ValueError(f"{value!r} is not an http:// or https:// URL (e.g. http://gpu1:8000/v1)")
+        raise ValueError(f"{shown!r} is not an http:// or https:// URL (e.g. http://gpu1:8000/v1)")
     try:
         parts.port  # noqa: B018 -- accessing .port validates it
     except ValueError:
-        raise ValueError(f"{value!r} has an invalid port") from None
+        raise ValueError(f"{shown!r} has an invalid port") from None
     if parts.query or parts.fragment:
-        raise ValueError(f"{value!r} must not carry a query or fragment")
+        raise ValueError(f"{shown!r} must not carry a query or fragment")
     return text.rstrip("/")
 
 

@@ -15,6 +15,7 @@ from twisted.logger import Logger
 
 from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import BackendError, BackendRejected, Overloaded, ProxyError
+from ollama_proxy.logs import untrusted
 from ollama_proxy.site import ProxyRequest
 
 log = Logger(namespace="ollama_proxy.failover")
@@ -46,7 +47,7 @@ async def on_replicas(
                 "{request_id} {backend} failed ({why}); trying {next}",
                 request_id=request.exchange.request_id,
                 backend=client.name,
-                why=error.message,
+                why=untrusted(request.proxy_site.scrubber.scrub(error.message)),
                 next=replicas[index + 1].name,
             )
     raise AssertionError("unreachable: the last replica's failure is raised")  # pragma: no cover

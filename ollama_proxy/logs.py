@@ -4,6 +4,10 @@ for journald, Loki or Elasticsearch.
 The JSON form carries the event's own keys (request id, status, model, tokens ...) as fields, not only
 the rendered message, so log queries can filter on them.  Twisted's bookkeeping keys (``log_*``) are left
 out, except the failure, which becomes a ``traceback`` field.
+
+A string a client (or a backend) chose goes into an event as :func:`untrusted`: the text format shows it
+with its control characters escaped, so a newline or an ANSI sequence in a model name cannot forge a
+second line or repaint a terminal, while the JSON format keeps the raw value (JSON escapes it).
 """
 
 from __future__ import annotations
@@ -11,9 +15,62 @@ from __future__ import annotations
 import json
 import sys
 import time
-from typing import IO, Any
+from typing import IO, Any, overload
 
 from twisted.logger import FileLogObserver, ILogObserver, LogEvent, formatEvent
+
+# JSON leaves these raw (they are not control characters to it), but ``str.splitlines`` and some log
+# shippers end a line at each of them.
+_JSON_LINE_BREAKS = ("\x85", "\u2028", "\u2029")
+_SHORT_ESCAPES = {"\n": "\\n", "\r": "\\r", "\t": "\\t", "\\": "\\\\"}
+
+
+def escape_controls(text: str) -> str:
+    """``text`` with every character Python does not count as printable (C0 and C1 controls, ESC, DEL,
+    line and paragraph separators, bidirectional overrides ...) and the backslash written as an escape:
+    ``\\n``, ``\\x1b``, ``\\u2028``.  The backslash is escaped too, so an escape is never ambiguous."""
+    if text.isprintable() and "\\" not in text:
+        return text
+    return "".join(char if char.isprintable() and char != "\\" else _escape(char) for char in text)
+
+
+def _escape(char: str) -> str:
+    special = _SHORT_ESCAPES.get(char)
+    if special is not None:
+        return special
+    code = ord(char)
+    if code <= 0xFF:
+        return f"\\x{code:02x}"
+    if code <= 0xFFFF:
+        return f"\\u{code:04x}"
+    return f"\\U{code:08x}"
+
+
+class Untrusted(str):
+    """A string from outside the daemon in a log event: escaped where it is formatted into text (Twisted's
+    text observers format events with ``format()``), itself everywhere else (``json.dumps`` writes the
+    raw value, comparisons see the raw value)."""
+
+    __slots__ = ()
+
+    def __format__(self, spec: str) -> str:
+        return format(escape_controls(str.__str__(self)), spec)
+
+    def __str__(self) -> str:
+        return escape_controls(str.__str__(self))
+
+
+@overload
+def untrusted(value: str) -> Untrusted: ...
+
+
+@overload
+def untrusted(value: None) -> None: ...
+
+
+def untrusted(value: str | None) -> Untrusted | None:
+    """What a log event carries for a client- or backend-supplied string (the model, the path ...)."""
+    return None if value is None else Untrusted(value)
 
 
 def _plain(value: Any) -> Any:
@@ -43,7 +100,11 @@ def event_as_json(event: LogEvent) -> str:
     failure = event.get("log_failure")
     if failure is not None:
         record["traceback"] = failure.getTraceback()
-    return json.dumps(record, separators=(",", ":"), ensure_ascii=False) + "\n"
+    line = json.dumps(record, separators=(",", ":"), ensure_ascii=False)
+    for separator in _JSON_LINE_BREAKS:
+        if separator in line:
+            line = line.replace(separator, f"\\u{ord(separator):04x}")
+    return line + "\n"
 
 
 def json_observer(stream: IO[str] | None = None) -> ILogObserver:

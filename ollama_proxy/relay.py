@@ -8,6 +8,10 @@ slows the backend through TCP flow control instead of filling the daemon's memor
 own idle timeout while a request is in flight, so the relay keeps two timers of its own: a client that
 stops reading for ``stall_timeout`` and a backend that sends nothing for ``idle_timeout`` both end the
 stream with an error instead of holding a backend slot forever.
+
+A stream's error carries the backend's words, which may quote the credentials it was sent, so what is
+written once the stream has failed, or holds an ``"error"`` key, passes the scrubber first.  A healthy
+chunk is only tested for that key (one substring search); it is never scrubbed.
 """
 
 from __future__ import annotations
@@ -29,6 +33,9 @@ from ollama_proxy.site import ProxyRequest
 
 # The ending that adds nothing to the response: the client is gone, or the stream carried its own error.
 _QUIET = ProxyError("")
+# What every family's error event or line holds (``{"error": ...}``, ``"type":"error"``), and a healthy
+# chunk almost never: a quoted ``error`` in generated text is escaped (``\"error\"``).
+_ERROR_MARK = b'"error"'
 
 
 class StreamTransform(Protocol):
@@ -67,6 +74,7 @@ class StreamRelay(TwistedProtocol):
     ) -> None:
         self._request = request
         self._transform = transform
+        self._scrubber = request.proxy_site.scrubber
         self._clock = clock
         self._before_finish = before_finish
         self._stall_timeout = stall_timeout
@@ -183,8 +191,11 @@ class StreamRelay(TwistedProtocol):
             transport.stopProducing()
 
     def _write(self, data: bytes) -> None:
-        if not self._request.gone:
-            self._request.write(data)
+        if self._request.gone:
+            return
+        if self._transform.failed or _ERROR_MARK in data:
+            data = self._scrubber.scrub_bytes(data)
+        self._request.write(data)
 
     def _fail(self, error: ProxyError) -> None:
         self._request.exchange.stream_failed = True  # the access log's outcome
@@ -193,7 +204,7 @@ class StreamRelay(TwistedProtocol):
             self._unregister()
             self._request.send_error(error)
             return
-        self._close(self._transform.fail(error.message))
+        self._close(self._transform.fail(self._scrubber.scrub(error.message)))
 
     def _close(self, tail: bytes) -> None:
         if tail:

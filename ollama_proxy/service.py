@@ -23,6 +23,7 @@ from ollama_proxy.access import ClientKeys, CorsPolicy
 from ollama_proxy.app import App
 from ollama_proxy.config import ProxyConfig, load_client_keys, load_model_map
 from ollama_proxy.errors import BackendError, ConfigError, Overloaded
+from ollama_proxy.logs import untrusted
 from ollama_proxy.metrics import gauge
 from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
@@ -116,6 +117,7 @@ class ProxyService(MultiService):
             metrics=self.app.metrics,
             known_model=self.app.catalog.knows,
             log_bodies=config.log_bodies,
+            scrubber=self.app.scrubber,
         )
         self.app.metrics.add_live(self.site.live_gauges)
         self.app.metrics.add_live(self._backend_gauges)
@@ -151,10 +153,12 @@ class ProxyService(MultiService):
         path = self.config.client_keys_file
         if path:
             try:
-                self.site.client_keys = ClientKeys(load_client_keys(path))
+                tokens = load_client_keys(path)
             except ConfigError as exc:
                 log.error("client keys not reloaded, keeping the previous ones: {why}", why=str(exc))
             else:
+                self.site.client_keys = ClientKeys(tokens)
+                self.app.scrubber.set_client_keys(tokens)
                 log.info("client keys reloaded from {path}", path=path)
 
     def reload_model_map(self) -> None:
@@ -174,7 +178,8 @@ class ProxyService(MultiService):
         try:
             await self.app.catalog.snapshot(max_age=0)
         except (BackendError, Overloaded) as error:
-            log.warn("backend /models refresh failed: {why}", why=error.message)
+            why = untrusted(self.app.scrubber.scrub(error.message))
+            log.warn("backend /models refresh failed: {why}", why=why)
 
     def _backend_gauges(self) -> list[Metric]:
         states = {BreakerState.CLOSED: 0, BreakerState.HALF_OPEN: 1, BreakerState.OPEN: 2}

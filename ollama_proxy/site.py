@@ -30,7 +30,9 @@ from twisted.web.server import Request, Site
 from ollama_proxy.access import ALLOWED_HEADERS, ALLOWED_METHODS, ClientKeys, CorsPolicy
 from ollama_proxy.errors import Forbidden, PayloadTooLarge, ProxyError, Unauthorized
 from ollama_proxy.exchange import Exchange, Family, Outcome
+from ollama_proxy.logs import untrusted
 from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
+from ollama_proxy.redact import Scrubber
 from ollama_proxy.wire import ollama, openai
 from ollama_proxy.wire.answer import Answer, Wire, json_answer, raw_response
 
@@ -136,7 +138,9 @@ class ProxyRequest(Request):
             self.content.seek(0)
             body = self.content.read(4096).decode("utf-8", "replace")
             self.content.seek(0)
-            access_log.debug("{request_id} request body: {body}", request_id=exchange.request_id, body=body)
+            access_log.debug(
+                "{request_id} request body: {body}", request_id=exchange.request_id, body=untrusted(body)
+            )
         site.active.add(self)
         super().process()
 
@@ -199,9 +203,12 @@ class ProxyRequest(Request):
 
     def send_error(self, error: ProxyError) -> None:
         """Before any output: the error in the family's shape, with its status.  After output began (the
-        status line has gone): the family's closing bytes for a broken stream, never a fake ending."""
+        status line has gone): the family's closing bytes for a broken stream, never a fake ending.
+
+        Whatever made the error, its words pass the scrubber here: some quote a backend's."""
         if self.gone:
             return
+        error.message = self.proxy_site.scrubber.scrub(error.message)
         if self.startedWriting:
             self.exchange.stream_failed = True
             tail = self.wire.broken_stream(error.message)
@@ -254,14 +261,14 @@ class ProxyRequest(Request):
             "{request_id} {client} {method} {path} {status} {duration_ms}ms {outcome}"
             " model={model} ttft_ms={ttft_ms} tokens={prompt_tokens}/{completion_tokens}",
             request_id=exchange.request_id,
-            client=_peer(self),
-            method=method,
-            path=path,
+            client=untrusted(_peer(self)),
+            method=untrusted(method),
+            path=untrusted(path),
             status=self.code,
             duration_ms=round(duration * 1000, 1),
             ttft_ms=None if ttft is None else round(ttft * 1000, 1),
-            model=exchange.model,
-            backend_model=exchange.backend_model,
+            model=untrusted(exchange.model),
+            backend_model=untrusted(exchange.backend_model),
             api=exchange.family.value,
             prompt_tokens=exchange.prompt_tokens,
             completion_tokens=exchange.completion_tokens,
@@ -311,6 +318,7 @@ class ProxySite(Site):
         metrics: Metrics | None = None,
         known_model: Callable[[str], bool] = lambda _: False,
         log_bodies: bool = False,
+        scrubber: Scrubber | None = None,
     ) -> None:
         super().__init__(root)
         # Nothing here takes HTML form posts; not parsing them saves an email.message header parse on
@@ -323,6 +331,8 @@ class ProxySite(Site):
         self.max_body = max_body
         self.client_keys = client_keys or ClientKeys(())
         self.cors = cors or CorsPolicy(())
+        # Every configured secret: error answers and relayed error bytes pass it on their way out.
+        self.scrubber = scrubber or Scrubber()
         # Requests being handled, for a graceful shutdown; idle() fires when the set empties.
         self.active: set[ProxyRequest] = set()
         self._idle_waiters: list[Deferred[None]] = []

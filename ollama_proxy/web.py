@@ -11,17 +11,20 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
+from copy import copy as shallow_copy
 from typing import Any
 
 from twisted.internet.defer import CancelledError, Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.reflect import safe_str
 from twisted.web.resource import IResource, Resource
 from twisted.web.server import NOT_DONE_YET
 
 from ollama_proxy.catalog import keep_alive_seconds
 from ollama_proxy.errors import BadRequest, MethodNotAllowed, NotFound, ProxyError
 from ollama_proxy.json_codec import JSONRejected, parse_json
+from ollama_proxy.redact import Scrubber
 from ollama_proxy.site import ProxyRequest
 
 log = Logger(namespace="ollama_proxy.web")
@@ -106,8 +109,21 @@ class JSONResource(Resource):
 def _unhandled(failure: Failure, request: ProxyRequest) -> None:
     """Last resort: log the traceback for the operator, give the client a plain 500 without it."""
     request_id = request.exchange.request_id
-    log.failure("unhandled error in request {request_id}", failure, request_id=request_id)
+    logged = _scrubbed(failure, request.proxy_site.scrubber)
+    log.failure("unhandled error in request {request_id}", logged, request_id=request_id)
     request.send_error(ProxyError(f"internal error (request id {request_id})"))
+
+
+def _scrubbed(failure: Failure, scrubber: Scrubber) -> Failure:
+    """The failure with its exception's words scrubbed: the one part of a traceback that carries data
+    (the frames name only code), and an unexpected exception may quote anything, a backend's reply too."""
+    words = safe_str(failure.value)
+    clean = scrubber.scrub(words)
+    if clean == words:
+        return failure
+    copy = shallow_copy(failure)
+    copy.value = Exception(clean)  # printed under the original type's name (failure.type)
+    return copy
 
 
 class Handler(JSONResource):

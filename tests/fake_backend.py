@@ -133,6 +133,10 @@ class ChatScript:
     error_after: int | None = None
     drop_after: int | None = None
     comments: bool = False
+    # What the error_after error says (default: a fixed sentence naming the event count).
+    error_message: str | None = None
+    # The error_after error quotes the credentials its request came with, as a careless backend does.
+    echo_credentials: bool = False
 
 
 @attrs.define
@@ -354,6 +358,9 @@ class FakeBackend:
         self._stalls: dict[str, int] = {}
         self.stalled: list[Request] = []  # the requests left hanging by stall_next
         self._model_failures: dict[str | None, tuple[int, dict[str, Any]]] = {}
+        # When set, every request is refused with this status and a message quoting the credentials it
+        # came with (credential_echo), as a backend that echoes what it rejected does.
+        self.echo_credentials: int | None = None
         self._streams: set[_SSEStream] = set()
         self._delayed: set[IDelayedCall] = set()
         self._root: _Root | None = None
@@ -388,6 +395,22 @@ class FakeBackend:
 
     def heal_model(self, model: str) -> None:
         self._model_failures.pop(model, None)
+
+    @staticmethod
+    def credential_echo(authorization: str) -> str:
+        """What a careless backend says about credentials it refuses: the header as it came, the
+        credentials decoded, and the partial forms OpenAI prints (``sk-proj-...abcd``, ``***abcd``)."""
+        scheme, _, value = authorization.partition(" ")
+        secret = value
+        extra = ""
+        if scheme.lower() == "basic":
+            user, _, password = base64.b64decode(value).decode("utf-8", "replace").partition(":")
+            secret = password or user
+            extra = f" for {user}:{password} ({value[:6]}...{value[-4:]})"
+        return (
+            f"Incorrect API key provided: {secret[:8]}...{secret[-3:]}. You sent 'Authorization: "
+            f"{authorization}'{extra}; the key is {secret[:3]}****...****{secret[-4:]} (***{secret[-4:]})."
+        )
 
     def resource(self) -> IResource:
         if self._root is None:
@@ -529,6 +552,13 @@ class FakeBackend:
         model_failure = self._model_failures.get(_body_model(rec))
         if model_failure is not None:
             return self._json(request, model_failure[0], model_failure[1])
+        if self.echo_credentials is not None:
+            message = self.credential_echo(rec.headers.get("authorization", ""))
+            return self._json(
+                request,
+                self.echo_credentials,
+                openai_error(message, "invalid_request_error", "invalid_api_key"),
+            )
         if self.api_key is not None:
             auth = rec.headers.get("authorization", "")
             if auth != f"Bearer {self.api_key}":
@@ -760,6 +790,9 @@ class FakeBackend:
 
     def _answer(self, request: Request, body: dict[str, Any], *, chat: bool) -> bytes | int:
         script = attrs.evolve(self.script)  # a snapshot: later script changes don't affect this answer
+        if script.echo_credentials:
+            authorization = request.getHeader(b"authorization") or b""
+            script.error_message = self.credential_echo(authorization.decode("latin-1"))
         model: str = body["model"]
         if body.get("stream"):
             stream_options = body.get("stream_options")
@@ -779,7 +812,8 @@ class FakeBackend:
             if script.drop_after is not None:
                 return None
             if script.error_after is not None:
-                return self._error(request, 500, "Fake backend failure.", "InternalServerError")
+                message = script.error_message or "Fake backend failure."
+                return self._error(request, 500, message, "InternalServerError")
             return self._json(
                 request, 200, self._chat_body(script, model) if chat else self._text_body(script, model)
             )
@@ -925,7 +959,7 @@ class FakeBackend:
         return pieces
 
     def _mid_stream_error(self, base: dict[str, Any], script: ChatScript, chat: bool) -> bytes:
-        message = f"Fake backend failure after {script.error_after} content events."
+        message = script.error_message or f"Fake backend failure after {script.error_after} content events."
         if self.flavour == "openrouter":
             delta: dict[str, Any] = {"content": ""} if chat else {}
             choice = {"index": 0, "delta": delta, "finish_reason": "error", "native_finish_reason": "error"}

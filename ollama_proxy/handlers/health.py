@@ -36,8 +36,10 @@ class ReadyResource(Handler):
             fresh = any(client.breaker.state is not BreakerState.CLOSED for client in due)
             with suppress(BackendError, Overloaded):  # each backend's failure is kept in catalog.errors
                 await catalog.snapshot(max_age=0 if fresh else None)
+        # Each backend's last failure, in its own words, which may quote its credentials.
+        errors = {client: self.app.scrubber.scrub(error) for client, error in catalog.errors.items()}
         backends = {
-            client.name: _backend_status(client, catalog.errors.get(client), catalog.model_count(client))
+            client.name: _backend_status(client, errors.get(client), catalog.model_count(client))
             for client in self.app.backends
         }
         ready = [name for name, status in backends.items() if status["status"] == "ready"]
@@ -60,4 +62,7 @@ def _backend_status(client: BackendClient, error: str | None, models: int | None
 
 class MetricsResource(Handler):
     async def on_get(self, request: ProxyRequest) -> None:
-        request.send(Answer(200, self.app.metrics.exposition(), CONTENT_TYPE_LATEST.encode()))
+        # Label values come from the configuration and the backends' model lists: scrubbed like any
+        # backend text (once per scrape, not per request).
+        exposition = self.app.scrubber.scrub_bytes(self.app.metrics.exposition())
+        request.send(Answer(200, exposition, CONTENT_TYPE_LATEST.encode()))

@@ -177,15 +177,11 @@ class OpenAIResource(Handler):
         await relay.done
 
     async def _relay_error(self, request: ProxyRequest, response: IResponse) -> None:
-        """A backend error reply, status and body as they are, except for the configured key should the
-        backend echo it (some quote the key they rejected)."""
-        body = await self.app.backend.read_body(response, MAX_JSON_BODY)
-        text = body.decode("utf-8", "surrogateescape")
-        for backend in self.app.backends:
-            text = backend.scrub(text)
-        scrubbed = text.encode("utf-8", "surrogateescape")
+        """A backend error reply, status and body as they are, except for the secrets should the backend
+        quote them (some echo the credentials they rejected, whole or in part)."""
+        body = self.app.scrubber.scrub_bytes(await self.app.backend.read_body(response, MAX_JSON_BODY))
         _start_response(request, response)
-        self._write_all(request, scrubbed)
+        self._write_all(request, body)
 
     async def _model_list(self, request: ProxyRequest, response: IResponse) -> None:
         """``/models``: the backend's list with the model-map aliases added as entries of their own."""
