@@ -389,7 +389,9 @@ def render(results: dict[str, Any]) -> str:
         f"Run on {results['date']} by `{results['command']}` (took {results['wall_seconds']:.0f} s).\n",
         f"Machine: {meta['nproc']} CPUs ({meta['cpu_model']}), {meta['memory_gb']} GB, Linux "
         f"{meta['kernel']}; Python {meta['python']}, Twisted {meta['twisted']}, {meta['nginx']}, "
-        f"{meta['wrk']}. Code measured: `{meta['code']}`.\n",
+        f"{meta['wrk']}. Code measured: `{meta['code']}`"
+        + (f" (the daemons imported `{meta['daemon_code']}`)" if meta.get("daemon_code") else "")
+        + ".\n",
         f"Load: wrk, one thread, {cfg['duration']} s per cell after a {cfg['warmup']} s warm-up per "
         f"scenario, concurrency {', '.join(map(str, cfg['concurrency']))}"
         + (f", median of {cfg['repeat']} runs per daemon cell" if cfg.get("repeat", 1) > 1 else "")

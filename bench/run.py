@@ -41,6 +41,7 @@ from bench.procs import (
     VENV_BIN,
     Daemon,
     Processes,
+    clean_env,
     free_port,
     port_open,
     supports_option,
@@ -127,6 +128,16 @@ def machine_facts(nginx: str, wrk: str) -> dict[str, Any]:
     with open("/proc/meminfo") as meminfo:
         mem_kb = int(meminfo.readline().split()[1])
     code = _version(["git", "-C", str(REPO), "describe", "--always", "--dirty"], must_succeed=True)
+    # Which ollama_proxy the daemons import (clean_env puts this checkout first on PYTHONPATH).
+    imported = subprocess.run(
+        [sys.executable, "-c", "import ollama_proxy; print(ollama_proxy.__file__)"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd="/",
+        timeout=60,
+        check=False,
+    ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -137,6 +148,7 @@ def machine_facts(nginx: str, wrk: str) -> dict[str, Any]:
         "nginx": _version([nginx, "-v"]).replace("nginx version: ", ""),
         "wrk": _version([wrk, "--version"]).split(" [")[0],
         "code": code,
+        "daemon_code": str(Path(imported).parent) if imported else "?",
     }
 
 
