@@ -19,6 +19,7 @@ MODEL = "bench-paced"
 # The same backend, three events a stream: each proxy's warm-up and reply check before the timed run.
 SHORT_MODEL = "bench-paced-short"
 SHORT_EVENTS = 3
+SATURATED_CORES = 0.9
 # A send time as the backend writes it, and a stream's end as a proxy (NDJSON) or the backend (SSE) marks it.
 STAMPS = re.compile(rb"t=([0-9]+\.[0-9]+)")
 DONE = re.compile(rb'"done": ?true|\[DONE\]')
@@ -71,6 +72,21 @@ class Dechunker:
             self._remaining = size
         self._buffer = buffer
         return b"".join(out)
+
+
+def parse_specs(specs: Iterable[str] | None, default_rate: float = 50.0) -> list[tuple[int, float]]:
+    """``["100x50", "500"]`` as ``[(100, 50.0), (500, 50.0)]``: concurrent streams and events a second each.
+    ``0`` (or nothing) means no run."""
+    out = []
+    for spec in specs or []:
+        streams, _, rate = spec.lower().partition("x")
+        count = int(streams)
+        per_second = float(rate) if rate else default_rate
+        if count < 0 or per_second <= 0:
+            raise ValueError(f"not STREAMSxRATE: {spec!r}")
+        if count:
+            out.append((count, per_second))
+    return out
 
 
 # -- statistics --------------------------------------------------------------------------------------------
@@ -163,6 +179,11 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
     if cores is not None:
         out["cores"] = round(cores, 4)
         out["cores_per_1k_events"] = round(cores / (rate / 1000), 4) if rate else None
+    offered = run.get("offered_per_s")
+    if offered:
+        # A proxy pinned to one core that keeps 90 % of it busy, or relays less than it is offered, is
+        # saturated: its latency is then queueing, and its CPU per event that of a full core.
+        out["saturated"] = bool((cores is not None and cores >= SATURATED_CORES) or rate < 0.97 * offered)
     idle, steady, streams = run.get("rss_idle_bytes"), run.get("rss_steady_bytes"), run.get("streams")
     if idle and steady and streams:
         out["rss_idle_mb"] = round(idle / 2**20, 1)
