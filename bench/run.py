@@ -1104,6 +1104,7 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_seconds"] = round(time.monotonic() - wall, 1)
     results["machine"] = machine_facts(nginx, wrk)
     results["config"] = {
+        "quick": args.quick,
         "duration": args.duration,
         "warmup": args.warmup,
         "concurrency": args.concurrency,
