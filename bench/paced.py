@@ -20,6 +20,9 @@ MODEL = "bench-paced"
 SHORT_MODEL = "bench-paced-short"
 SHORT_EVENTS = 3
 SATURATED_CORES = 0.9
+# Above this many cores for the paced backend and the client together, their shared core was busy enough
+# for its own queueing to show in the latencies.
+LOAD_BUSY_CORES = 0.8
 # A send time as the backend writes it, and a stream's end as a proxy (NDJSON) or the backend (SSE) marks it.
 STAMPS = re.compile(rb"t=([0-9]+\.[0-9]+)")
 DONE = re.compile(rb'"done": ?true|\[DONE\]')
@@ -195,6 +198,8 @@ def figures(run: dict[str, Any]) -> dict[str, Any]:
         # A proxy pinned to one core that keeps 90 % of it busy, or relays less than it is offered, is
         # saturated: its latency is then queueing, and its CPU per event that of a full core.
         out["saturated"] = bool((cores is not None and cores >= SATURATED_CORES) or rate < 0.97 * offered)
+    if run.get("load_cores") is not None and run.get("client_cores") is not None:
+        out["load_busy"] = run["load_cores"] + run["client_cores"] > LOAD_BUSY_CORES
     idle, steady, streams = run.get("rss_idle_bytes"), run.get("rss_steady_bytes"), run.get("streams")
     if idle and steady and streams:
         out["rss_idle_mb"] = round(idle / 2**20, 1)

@@ -8,6 +8,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from bench.paced import LOAD_BUSY_CORES
+
 DOCS_PREAMBLE = """# Performance
 
 How fast the daemon is against the backend's own speed, measured by `make bench` (see `bench/`).
@@ -510,7 +512,9 @@ def paced_section(results: dict[str, Any]) -> str:
         "minus RSS before the run) / streams. A run marked *saturated* kept its one core 90 % busy or "
         "relayed less than it was offered: its latency is queueing, and a † marks one so far behind that "
         "its streams were never all open at once (its figures are from the 10th to the 90th percentile of "
-        f"the arrivals instead). Client: the {paced.get('client', '?')} one.\n\n",
+        "the arrivals instead). The paced backend and the client share the other CPU; a ‡ marks a run in "
+        f"which they kept it more than {LOAD_BUSY_CORES:.0%} busy, when their own queueing shows in the "
+        f"latencies. Client: the {paced.get('client', '?')} one.\n\n",
         f"| streams {TIMES} events/s | proxy | relayed events/s (offered) | cores | cores per 1,000 events/s "
         "| latency per event p50 / p99 / max ms | RSS before / open MB | RSS per open stream "
         "| load core: backend + client cores | ended with `done` | other processes (CPUs) |\n"
@@ -539,7 +543,8 @@ def paced_section(results: dict[str, Any]) -> str:
             f"| {_fmt(run.get('cores'), 3)} | {_fmt(run.get('cores_per_1k_events'), 3)} "
             f"| {_fmt(latency.get('p50_ms'), 3)} / {_fmt(latency.get('p99_ms'), 3)} / "
             f"{_fmt(latency.get('max_ms'), 3)} | {memory} | {per_stream} "
-            f"| {_fmt(run.get('load_cores'), 2)} + {_fmt(run.get('client_cores'), 2)} "
+            f"| {_fmt(run.get('load_cores'), 2)} + {_fmt(run.get('client_cores'), 2)}"
+            f"{' ‡' if run.get('load_busy') else ''} "
             f"| {run.get('completed')} / {run['streams']} | {_fmt(run.get('other_cpus'), 2)} |\n"
         )
     return "".join(out)

@@ -82,7 +82,8 @@ def log(message: str) -> None:
 
 
 def ensure_tools() -> tuple[str, str]:
-    """nginx (with the njs module) and wrk, installed from Debian's packages if missing."""
+    """nginx (with the njs module) and wrk, installed from Debian's packages if missing; gcc too where it
+    can be (as root), for the realistic streams' C client."""
     missing = [pkg for tool, pkg in APT_PACKAGES.items() if which(tool) is None]
     if not canned.NJS_MODULE.exists():
         missing.append("libnginx-mod-http-js")
@@ -95,6 +96,14 @@ def ensure_tools() -> tuple[str, str]:
             [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
             check=True,
             env=env,
+        )
+    if which("cc") is None and os.geteuid() == 0:
+        # Only the C client of the realistic streams needs it; without it the Python client stands in.
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "gcc"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            capture_output=True,
+            check=False,
         )
     nginx, wrk = which("nginx"), which("wrk")
     if nginx is None or wrk is None or not canned.NJS_MODULE.exists():
