@@ -15,6 +15,7 @@ benchmark never fails for it, and ``make test`` never needs it.
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import tempfile
 import time
@@ -35,6 +36,7 @@ SERVES = frozenset(
     {"chat", "chat-stream", "generate", "generate-stream", "embed", "tags", "v1-chat", "v1-chat-stream"}
 )
 BUILD_TIMEOUT = 900
+GO_LOG_PREFIX = re.compile(r"^(\d{4}/\d\d/\d\d )?\d\d:\d\d:\d\d(\.\d+)? ")
 
 
 def mirror_roots() -> list[Path]:
@@ -246,7 +248,12 @@ class Peer:
             source.seek(since)
             text = source.read().decode(errors="replace")
         marks = ("error", "panic", "failed", "upstream returned")
-        return [line.strip()[:200] for line in text.splitlines() if any(m in line.lower() for m in marks)]
+        # Go's log prefix (date and time) is left out, so that the same message counts as one.
+        return [
+            GO_LOG_PREFIX.sub("", line.strip())[:200]
+            for line in text.splitlines()
+            if any(m in line.lower() for m in marks)
+        ]
 
     def stop(self) -> None:
         self.procs.stop(self.proc)

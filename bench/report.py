@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
@@ -495,6 +496,16 @@ def memory_section(results: dict[str, Any]) -> str:
     return "".join(out)
 
 
+def _merge_problems(lines: list[str]) -> list[str]:
+    """``N x message`` lines with the same message (a leading clock time left out) as one, most first."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        count, _, message = line.partition(" x ")
+        message = re.sub(r"^\d\d:\d\d:\d\d(\.\d+)? ", "", message)
+        counts[message] = counts.get(message, 0) + (int(count) if count.isdigit() else 1)
+    return [f"{n} x {message}" for message, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
 PACED_LABELS = {"direct": "backend alone (the harness's floor)", "daemon": "daemon", "peer": "Go peer"}
 
 
@@ -577,7 +588,9 @@ def peer_section(results: dict[str, Any]) -> str:
             out.append(f"- {labels.get(key, key)}: differs: {'; '.join(problems)[:300]}\n")
     else:
         out.append("\nIts replies passed every check the daemon's pass.\n")
-    problems = (peer.get("problems") or []) + ((results.get("peer_memory") or {}).get("problems") or [])
+    problems = _merge_problems(
+        (peer.get("problems") or []) + ((results.get("peer_memory") or {}).get("problems") or [])
+    )
     if problems:
         out.append(
             "\nIt logged (count x message; wrk cancels the requests in flight at the end of each cell):\n\n"

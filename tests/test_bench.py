@@ -388,6 +388,14 @@ def test_the_report_puts_the_peer_beside_the_daemon() -> None:
     assert "the daemons imported `/repo/ollama_proxy`" in text
 
 
+def test_the_peers_log_lines_count_once_per_message() -> None:
+    assert (
+        peer.GO_LOG_PREFIX.sub("", "2026/12/04 02:18:31 upstream chat error: x") == "upstream chat error: x"
+    )
+    merged = report._merge_problems(["3 x 02:18:31 upstream error", "2 x 02:19:00 upstream error", "1 x b"])
+    assert merged == ["5 x upstream error", "1 x b"]
+
+
 def test_the_report_says_why_the_peer_was_skipped_and_drops_its_columns() -> None:
     text = report.render(_results(with_peer=False))
     assert "**Go peer (K0IN/openai-ollama-proxy): skipped**: no source of it: none at /x/.mirror." in text
