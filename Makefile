@@ -78,7 +78,7 @@ clean:
 # results).  Installs nginx and wrk with apt-get where missing; takes about 12 minutes on 2 cores.
 # The Go peer is measured beside the daemon where its source and ../shared/peers/k0in-build.sh are there
 # (docs/performance.md, "The Go peer"); it is never needed, here or by `make test`.
-# BENCH_ARGS passes options: --quick (a one-minute smoke run), --no-profile, --help for the rest.
+# BENCH_ARGS passes options: --quick (a 2-3 minute smoke run), --no-profile, --help for the rest.
 BENCH_ARGS ?=
 .PHONY: bench
 

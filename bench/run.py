@@ -977,7 +977,7 @@ def summarise_problems(problems: list[str]) -> list[str]:
 # -- command line ------------------------------------------------------------------------------------------
 
 
-# Defaults of a full run and of --quick (a one-minute smoke run); an option given on the command line wins.
+# Defaults of a full run and of --quick (a 2-3 minute smoke run); an option on the command line wins.
 FULL = {
     "duration": 5,
     "warmup": 1,
@@ -1018,7 +1018,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
     )
     add = parser.add_argument
-    add("--quick", action="store_true", help="a one-minute smoke run; leaves docs/performance.md alone")
+    add("--quick", action="store_true", help="a 2-3 minute smoke run; leaves docs/performance.md alone")
     add("--duration", type=int, help=f"seconds per wrk cell ({FULL['duration']})")
     add("--warmup", type=int, help=f"seconds of warm-up per scenario through the daemon ({FULL['warmup']})")
     add("--concurrency", type=int, nargs="+", help="wrk connections, one cell each (1 10 50)")
