@@ -517,6 +517,10 @@ class Bench:
         )
         log(f"daemon pid {daemon.pid} on 127.0.0.1:{daemon.port}: {' '.join(daemon.command[1:])}")
         peer = self.start_peer("main", f"http://127.0.0.1:{nginx}", [canned.MODEL, canned.EMBED_MODEL])
+        if self.peer_binary is not None and peer is None:
+            # Built but would not start: skipped for the whole run, with the reason start_peer noted.
+            results["peer"].update(binary=None, skipped=f"it did not start: {self.notes[-1][:300]}")
+            self.peer_binary = None
         time.sleep(1.0)
         rss_idle = rss_bytes(daemon.pid)
         sampler = RSSSampler(daemon.pid).start()
@@ -611,7 +615,8 @@ class Bench:
         try:
             peer = Peer(self.procs, name, self.peer_binary, backend_root, models, self.daemon_cpu)
         except (OSError, RuntimeError) as exc:
-            self.notes.append(f"the peer did not start in front of {backend_root} ({name}): {exc}")
+            said = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            self.notes.append(f"the peer did not start in front of {backend_root} ({name}): {said}")
             log(self.notes[-1])
             return None
         log(f"peer pid {peer.pid} on 127.0.0.1:{peer.port} in front of {backend_root}")
