@@ -573,10 +573,10 @@ def peer_section(results: dict[str, Any]) -> str:
     out.append(
         "\nIt serves every endpoint measured here"
         + (f" except {', '.join(not_served)}" if not_served else "")
-        + "; of the other endpoints, it also serves `/v1/messages` (Anthropic) and does not serve "
-        "`/v1/responses`. It is timed wherever its reply passes the essential check (HTTP 200 and the whole "
-        "text, vector or model list); what the daemon's full checks and the SDKs find beyond that is "
-        "listed here as differences.\n"
+        + "; of the others, it serves `/v1/messages` (Anthropic), which the daemon does not, and answers "
+        "404 to `/v1/responses`, which the daemon relays, so neither has a scenario. It is timed wherever "
+        "its reply passes the essential check (HTTP 200 and the whole text, vector or model list); what "
+        "the daemon's full checks and the SDKs find beyond that is listed here as differences.\n"
     )
     failures = peer.get("check_failures") or {}
     differences = peer.get("differences") or {}
