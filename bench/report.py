@@ -573,8 +573,10 @@ def peer_section(results: dict[str, Any]) -> str:
     out.append(
         "\nIt serves every endpoint measured here"
         + (f" except {', '.join(not_served)}" if not_served else "")
-        + "; of the others, it serves `/v1/messages` (Anthropic), which the daemon does not, and answers "
-        "404 to `/v1/responses`, which the daemon relays, so neither has a scenario. It is timed wherever "
+        + ". Of the others, it translates `/v1/messages` (Anthropic) into a chat completion, where the "
+        "daemon passes everything under `/v1` through to the backend untouched (the canned one has no "
+        "`/v1/messages`), and it answers 404 to `/v1/responses`, which the daemon passes through: neither "
+        "is a like-for-like scenario. It is timed wherever "
         "its reply passes the essential check (HTTP 200 and the whole text, vector or model list); what "
         "the daemon's full checks and the SDKs find beyond that is listed here as differences.\n"
     )
