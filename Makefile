@@ -75,8 +75,10 @@ clean:
 	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache build *.egg-info twisted/plugins/dropin.cache
 
 # `make bench`: the daemon against the backend's own speed (bench/run.py; docs/performance.md has the
-# results).  Installs nginx and wrk with apt-get where missing; takes about 6 minutes on 2 cores.
-# BENCH_ARGS passes options: --quick (a one-minute smoke run), --no-profile, --help for the rest.
+# results).  Installs nginx and wrk with apt-get where missing; takes about 12 minutes on 2 cores.
+# The Go peer is measured beside the daemon where its source and ../shared/peers/k0in-build.sh are there
+# (docs/performance.md, "The Go peer"); it is never needed, here or by `make test`.
+# BENCH_ARGS passes options: --quick (a 2-3 minute smoke run), --no-profile, --help for the rest.
 BENCH_ARGS ?=
 .PHONY: bench
 

@@ -47,9 +47,13 @@ def port_open(port: int) -> bool:
 
 
 def clean_env() -> dict[str, str]:
-    """The environment without settings that would change what the daemon does."""
+    """The environment without settings that would change what the daemon does, and with this checkout first
+    on ``PYTHONPATH``: a venv made in another checkout (an editable install points at that one) must still
+    run this checkout's daemon."""
     drop = ("OLLAMA_PROXY_", "OLLAMA_HOST", "OPENAI_", "COVERAGE_")
-    return {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith(drop)}
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO), env.get("PYTHONPATH", "")) if p)
+    return env
 
 
 def pin(pid: int, cpu: int | None) -> None:
@@ -63,10 +67,29 @@ class Processes:
         self.workdir = workdir
         self._procs: list[tuple[str, subprocess.Popen[bytes]]] = []
 
-    def spawn(self, name: str, command: list[str], cpu: int | None, log: Path) -> subprocess.Popen[bytes]:
+    def spawn(
+        self,
+        name: str,
+        command: list[str],
+        cpu: int | None,
+        log: Path,
+        *,
+        env: dict[str, str] | None = None,
+        cwd: Path = REPO,
+    ) -> subprocess.Popen[bytes]:
+        """Start ``command`` with its output in ``log``.  With ``cpu`` it runs under ``taskset``, so that it
+        is pinned from its first instruction: a runtime that starts threads at once (Go's) or sizes itself
+        by the CPUs it may use would otherwise see both.  ``taskset`` execs the command: same pid."""
+        if cpu is not None and which("taskset"):
+            command = ["taskset", "-c", str(cpu), *command]
         with log.open("wb") as out:
             proc = subprocess.Popen(
-                command, stdout=out, stderr=subprocess.STDOUT, env=clean_env(), cwd=REPO, close_fds=True
+                command,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env={**clean_env(), **(env or {})},
+                cwd=cwd,
+                close_fds=True,
             )
         pin(proc.pid, cpu)
         self._procs.append((name, proc))

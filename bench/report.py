@@ -5,8 +5,11 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
+
+from bench.paced import LOAD_BUSY_CORES
 
 DOCS_PREAMBLE = """# Performance
 
@@ -73,87 +76,194 @@ def _verdict(value: float | None, target: float, higher_is_better: bool = False)
     return "met" if met else "**missed**"
 
 
+def peer_measured(results: dict[str, Any]) -> bool:
+    """Whether the Go peer was built and ran in this run (else the report says why not, once)."""
+    peer = results.get("peer") or {}
+    return bool(peer.get("binary")) and any(c.get("target") == "peer" for c in results.get("cells", []))
+
+
+def peer_line(results: dict[str, Any]) -> str:
+    peer = results.get("peer")
+    if not peer:
+        return "**Go peer:** not part of this run (its results predate the peer column).\n"
+    if not peer.get("binary"):
+        return f"**Go peer ({peer.get('name', 'K0IN/openai-ollama-proxy')}): skipped**: {peer['skipped']}.\n"
+    how = (
+        "taken from the build cache"
+        if peer.get("cached")
+        else f"built in {peer.get('build_seconds', 0):.0f} s"
+    )
+    return (
+        f"**Go peer:** {peer['name']} at commit `{peer['commit'][:12]}`, {how} with {peer.get('go', '?')} by "
+        "`../shared/peers/k0in-build.sh` (outside this repository), pinned to the daemon's CPU, in front of "
+        "the same backend, measured in the same run right after the daemon in every cell.\n"
+    )
+
+
+def _first_p50(results: dict[str, Any], target: str, key: str = "chat-stream") -> float | None:
+    sample = (results.get("first_chunk", {}).get(key) or {}).get(target)
+    return sample["p50_ms"] if sample and sample.get("count") else None
+
+
+def _evented_p50(results: dict[str, Any], target: str) -> float | None:
+    sample = (results.get("first_chunk_evented") or {}).get(target) or {}
+    return sample["p50_ms"] if sample.get("count") else None
+
+
+def _paced_run(results: dict[str, Any], target: str, streams: int, rate: float) -> dict[str, Any] | None:
+    for run in (results.get("paced") or {}).get("runs", []):
+        if run["target"] == target and run["streams"] == streams and run.get("rate", rate) == rate:
+            return dict(run)
+    return None
+
+
+def _paced_cores(results: dict[str, Any], target: str) -> str:
+    """Cores per 1,000 relayed events a second, for every paced run of ``target``."""
+    parts = []
+    for run in (results.get("paced") or {}).get("runs", []):
+        if run["target"] != target:
+            continue
+        spec = f"{run['streams']}{TIMES}{run.get('rate', 50):g}/s"
+        if run.get("error") or run.get("cores_per_1k_events") is None:
+            parts.append(f"{spec}: failed")
+            continue
+        latency = run.get("latency") or {}
+        parts.append(
+            f"{spec}: {run['cores_per_1k_events']:.3f} (p50 / p99 {_fmt(latency.get('p50_ms'))} / "
+            f"{_fmt(latency.get('p99_ms'))} ms{', saturated' if run.get('saturated') else ''})"
+        )
+    return "; ".join(parts) or "not run"
+
+
 def targets_table(results: dict[str, Any]) -> str:
     tc = results["config"]["target_concurrency"]
-    chat = _cell(results, "chat", tc, "daemon")
-    chat1 = _cell(results, "chat", 1, "daemon")
-    stream = _cell(results, "chat-stream", tc, "daemon")
-    tags = _cell(results, "tags", tc, "daemon")
-    v1s = _cell(results, "v1-chat-stream", tc, "daemon")
-    first = results.get("first_chunk", {}).get("chat-stream", {}).get("daemon")
-    evented = (results.get("first_chunk_evented") or {}).get("daemon") or {}
-    evented_p50 = evented["p50_ms"] if evented.get("count") else None
-    first_direct = results.get("first_chunk", {}).get("chat-stream", {}).get("direct")
-    rss = results.get("rss", {})
+    with_peer = peer_measured(results)
+    peer_rss = (results.get("peer") or {}).get("rss") or {}
 
-    def cpu(cell: dict[str, Any] | None) -> float | None:
-        return cell["cpu_ms_per_req"] if _ok(cell) and cell else None
+    def cell(key: str, c: int, target: str = "daemon") -> dict[str, Any] | None:
+        found = _cell(results, key, c, target)
+        return found if _ok(found) else None
 
-    rows = []
-    chat_cpu = cpu(chat)
-    chat_rps = chat["rps"] if _ok(chat) and chat else None
+    def cpu(key: str, target: str, c: int = tc) -> float | None:
+        found = cell(key, c, target)
+        return found["cpu_ms_per_req"] if found else None
+
+    def rps(key: str, target: str, c: int = tc) -> float | None:
+        found = cell(key, c, target)
+        return found["rps"] if found else None
+
+    def cpu_text(key: str, target: str) -> str:
+        value = cpu(key, target)
+        if value is None:
+            return _failure(_cell(results, key, tc, target)) if target == "daemon" else "-"
+        return f"{_fmt(value, 3)} ms"
+
+    def added(target: str) -> tuple[float | None, float | None]:
+        found = cell("chat", 1, target)
+        return (found.get("added_p50_ms"), found.get("added_p99_ms")) if found else (None, None)
+
+    rows: list[tuple[str, str, str, str, str, str]] = []
+    chat_cpu, chat_rps = cpu("chat", "daemon"), rps("chat", "daemon")
     rows.append(
         (
-            f"`/api/chat` CPU per request (c={tc})",
+            f"`/api/chat` (not streamed) CPU per request (c={tc})",
             f"{REFERENCE['chat_cpu']} ms",
             f"≤ {TARGET['chat_cpu']} ms (≥ 1,500 req/s at c=10)",
             f"{_fmt(chat_cpu, 3)} ms ({_fmt(chat_rps)} req/s)",
+            f"{_fmt(cpu('chat', 'peer'), 3)} ms ({_fmt(rps('chat', 'peer'))} req/s)",
             _both(_verdict(chat_cpu, TARGET["chat_cpu"]), _verdict(chat_rps, TARGET["chat_rps"], True)),
         )
     )
-    added50 = chat1.get("added_p50_ms") if _ok(chat1) and chat1 else None
-    added99 = chat1.get("added_p99_ms") if _ok(chat1) and chat1 else None
+    added50, added99 = added("daemon")
+    peer50, peer99 = added("peer")
     rows.append(
         (
             "added latency at c=1, p50 / p99 (`/api/chat`)",
             f"{REFERENCE['added_p50']} / {REFERENCE['added_p99']} ms",
             f"≤ {TARGET['added_p50']} / ≤ {TARGET['added_p99']:g} ms",
             f"{_fmt(added50, 3)} / {_fmt(added99, 3)} ms",
+            f"{_fmt(peer50, 3)} / {_fmt(peer99, 3)} ms",
             _both(_verdict(added50, TARGET["added_p50"]), _verdict(added99, TARGET["added_p99"])),
         )
     )
-    stream_cpu = cpu(stream)
+    stream_cpu = cpu("chat-stream", "daemon")
     rows.append(
         (
             f"53-event `/api/chat` stream, CPU per stream (c={tc})",
             f"{REFERENCE['stream_cpu']} ms",
             f"≤ {TARGET['stream_cpu']:g} ms",
             f"{_fmt(stream_cpu, 3)} ms",
+            cpu_text("chat-stream", "peer"),
             _verdict(stream_cpu, TARGET["stream_cpu"]),
         )
     )
-    first_p50 = first["p50_ms"] if first and first.get("count") else None
-    direct_p50 = first_direct["p50_ms"] if first_direct and first_direct.get("count") else None
     rows.append(
         (
-            "first chunk at c=1, p50 (`/api/chat` stream)",
-            f"{REFERENCE['first_chunk']} ms",
-            f"≤ {TARGET['first_chunk']:g} ms",
-            f"{_fmt(first_p50, 3)} ms (backend alone {_fmt(direct_p50, 3)} ms); "
-            f"{_fmt(evented_p50, 3)} ms from a backend sending event by event",
-            _verdict(first_p50, TARGET["first_chunk"]),
+            f"53-event `/api/generate` stream, CPU per stream (c={tc})",
+            "-",
+            "no target set",
+            cpu_text("generate-stream", "daemon"),
+            cpu_text("generate-stream", "peer"),
+            "",
         )
     )
-    tags_rps = tags["rps"] if _ok(tags) and tags else None
+    v1_cpu = cpu("v1-chat-stream", "daemon")
+    rows.append(
+        (
+            f"`/v1/chat/completions` stream, CPU per stream (c={tc})",
+            f"{REFERENCE['v1_stream_cpu']} ms",
+            f"≤ {TARGET['v1_stream_cpu']:g} ms",
+            cpu_text("v1-chat-stream", "daemon"),
+            cpu_text("v1-chat-stream", "peer"),
+            _verdict(v1_cpu, TARGET["v1_stream_cpu"]),
+        )
+    )
+    rows.append(
+        (
+            f"`/api/embed`, one input of 384 dimensions, CPU per request (c={tc})",
+            "-",
+            "no target set",
+            f"{_fmt(cpu('embed', 'daemon'), 3)} ms ({_fmt(rps('embed', 'daemon'))} req/s)",
+            f"{_fmt(cpu('embed', 'peer'), 3)} ms ({_fmt(rps('embed', 'peer'))} req/s)",
+            "",
+        )
+    )
+    tags_rps = rps("tags", "daemon")
     rows.append(
         (
             f"`/api/tags` (c={tc})",
             f"{REFERENCE['tags_rps']:g} req/s",
             f"≥ {TARGET['tags_rps']:,.0f} req/s",
             f"{_fmt(tags_rps)} req/s",
+            f"{_fmt(rps('tags', 'peer'))} req/s",
             _verdict(tags_rps, TARGET["tags_rps"], True),
         )
     )
-    v1_cpu = cpu(v1s)
+    first = _first_p50(results, "daemon")
     rows.append(
         (
-            f"`/v1/chat/completions` stream, CPU per stream (c={tc})",
-            f"{REFERENCE['v1_stream_cpu']} ms",
-            f"≤ {TARGET['v1_stream_cpu']:g} ms",
-            f"{_fmt(v1_cpu, 3)} ms" if v1_cpu is not None else _failure(v1s),
-            _verdict(v1_cpu, TARGET["v1_stream_cpu"]),
+            "first body byte at c=1, p50 (`/api/chat` stream)",
+            f"{REFERENCE['first_chunk']} ms",
+            f"≤ {TARGET['first_chunk']:g} ms",
+            f"{_fmt(first, 3)} ms (backend alone {_fmt(_first_p50(results, 'direct'), 3)} ms); "
+            f"{_fmt(_evented_p50(results, 'daemon'), 3)} ms from a backend sending event by event",
+            f"{_fmt(_first_p50(results, 'peer'), 3)} ms; "
+            f"{_fmt(_evented_p50(results, 'peer'), 3)} ms event by event",
+            _verdict(first, TARGET["first_chunk"]),
         )
     )
+    if results.get("paced"):
+        rows.append(
+            (
+                "realistic streams: CPU cores per 1,000 relayed events/s (latency per event p50 / p99)",
+                "-",
+                "no target set",
+                _paced_cores(results, "daemon"),
+                _paced_cores(results, "peer"),
+                "",
+            )
+        )
+    rss = results.get("rss", {})
     idle, peak, after = rss.get("idle_mb"), rss.get("peak_mb"), rss.get("after_mb")
     rows.append(
         (
@@ -161,6 +271,8 @@ def targets_table(results: dict[str, Any]) -> str:
             f"{REFERENCE['rss_idle']:g} / {REFERENCE['rss_peak']:g} MB",
             f"≤ {TARGET['rss_idle']:g} / ≤ {TARGET['rss_peak']:g} MB, back near idle after",
             f"{_fmt(idle, 1)} / {_fmt(peak, 1)} / {_fmt(after, 1)} MB",
+            f"{_fmt(peer_rss.get('idle_mb'), 1)} / {_fmt(peer_rss.get('peak_mb'), 1)} / "
+            f"{_fmt(peer_rss.get('after_mb'), 1)} MB",
             _both(_verdict(idle, TARGET["rss_idle"]), _verdict(peak, TARGET["rss_peak"])),
         )
     )
@@ -183,11 +295,16 @@ def targets_table(results: dict[str, Any]) -> str:
                 f"{REFERENCE['workers_rps']:g} req/s with 2 uvicorn workers",
                 f"≥ {TARGET['workers_ratio']:g}{TIMES}",
                 f"{measured}; the machine's own ceiling in the same run: {_fmt(ceiling, 2)}{TIMES}",
+                "not measured (one pinned process only)",
                 " / ".join(_verdict(row.get("ratio"), TARGET["workers_ratio"], True) for row in cells),
             )
         )
+    if with_peer:
+        head = "| measure | reference proxy | target | this run | Go peer, same run | |\n"
+        head += "|---|---|---|---|---|---|\n"
+        return head + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
     head = "| measure | reference proxy | target | this run | |\n|---|---|---|---|---|\n"
-    return head + "\n".join("| " + " | ".join(r) + " |" for r in rows) + "\n"
+    return head + "\n".join("| " + " | ".join((*r[:4], r[5])) + " |" for r in rows) + "\n"
 
 
 def scaling_section(results: dict[str, Any]) -> str:
@@ -247,41 +364,72 @@ def _failure(cell: dict[str, Any] | None, limit: int = 150) -> str:
     return f"failed: {why[:limit]}{'...' if len(why) > limit else ''}"
 
 
+def _proxy_cells(cell: dict[str, Any] | None) -> tuple[str, str, str, str]:
+    """req/s, p50 / p99, added p50 / p99 and CPU ms/req of one proxy's cell."""
+    if not (_ok(cell) and cell):
+        return f"**{_failure(cell)}**", "-", "-", "-"
+    added = (
+        f"{_fmt(cell['added_p50_ms'])} / {_fmt(cell['added_p99_ms'])}"
+        if cell.get("added_p50_ms") is not None
+        else "-"
+    )
+    return (
+        _fmt(cell["rps"]),
+        f"{_fmt(cell['p50_ms'])} / {_fmt(cell['p99_ms'])}",
+        added,
+        _fmt(cell["cpu_ms_per_req"], 3),
+    )
+
+
 def scenarios_table(results: dict[str, Any]) -> str:
+    with_peer = peer_measured(results)
     head = (
         "| scenario | c | backend alone req/s | daemon req/s | backend alone p50 / p99 ms "
-        "| daemon p50 / p99 ms | added p50 / p99 ms | daemon CPU ms/req |\n"
-        "|---|---:|---:|---:|---:|---:|---:|---:|\n"
+        "| daemon p50 / p99 ms | added p50 / p99 ms | daemon CPU ms/req |"
     )
+    rule = "|---|---:|---:|---:|---:|---:|---:|---:|"
+    if with_peer:
+        head += " Go peer req/s | Go peer p50 / p99 ms | Go peer CPU ms/req |"
+        rule += "---:|---:|---:|"
     rows = []
     for scenario in results["scenarios"]:
         for c in results["config"]["concurrency"]:
             direct = _cell(results, scenario["key"], c, "direct")
-            daemon = _cell(results, scenario["key"], c, "daemon")
             d_rps = _fmt(direct["rps"]) if _ok(direct) and direct else _failure(direct)
             d_lat = f"{_fmt(direct['p50_ms'])} / {_fmt(direct['p99_ms'])}" if _ok(direct) and direct else "-"
-            if _ok(daemon) and daemon:
-                p_rps = _fmt(daemon["rps"])
-                p_lat = f"{_fmt(daemon['p50_ms'])} / {_fmt(daemon['p99_ms'])}"
-                added = (
-                    f"{_fmt(daemon['added_p50_ms'])} / {_fmt(daemon['added_p99_ms'])}"
-                    if daemon.get("added_p50_ms") is not None
-                    else "-"
-                )
-                cpu = _fmt(daemon["cpu_ms_per_req"], 3)
-            else:
-                p_rps, p_lat, added, cpu = f"**{_failure(daemon)}**", "-", "-", "-"
-            rows.append(
-                f"| {scenario['label']} | {c} | {d_rps} | {p_rps} | {d_lat} | {p_lat} | {added} | {cpu} |"
-            )
-    return head + "\n".join(rows) + "\n"
+            p_rps, p_lat, added, cpu = _proxy_cells(_cell(results, scenario["key"], c, "daemon"))
+            row = f"| {scenario['label']} | {c} | {d_rps} | {p_rps} | {d_lat} | {p_lat} | {added} | {cpu} |"
+            if with_peer:
+                if scenario.get("peer_serves") is False:
+                    row += " not served | - | - |"
+                else:
+                    k_rps, k_lat, _, k_cpu = _proxy_cells(_cell(results, scenario["key"], c, "peer"))
+                    row += f" {k_rps} | {k_lat} | {k_cpu} |"
+            rows.append(row)
+    return head + "\n" + rule + "\n" + "\n".join(rows) + "\n"
+
+
+def _latency_pair(sample: dict[str, Any] | None) -> str:
+    if not sample:
+        return "-"
+    if not sample.get("count"):
+        return f"**{sample.get('why', 'failed')}**"
+    return f"{_fmt(sample['p50_ms'], 3)} / {_fmt(sample['p99_ms'], 3)}"
+
+
+def _added_p50(sample: dict[str, Any] | None, direct: dict[str, Any] | None) -> str:
+    if not (sample and sample.get("count") and direct and direct.get("count")):
+        return "-"
+    return _fmt(sample["p50_ms"] - direct["p50_ms"], 3)
 
 
 def first_chunk_table(results: dict[str, Any]) -> str:
-    head = (
-        "| stream (c=1) | backend alone p50 / p99 ms | daemon p50 / p99 ms | added p50 ms | n |\n"
-        "|---|---:|---:|---:|---:|\n"
-    )
+    with_peer = peer_measured(results)
+    head = "| stream (c=1) | backend alone p50 / p99 ms | daemon p50 / p99 ms | added p50 ms | n |"
+    rule = "|---|---:|---:|---:|---:|"
+    if with_peer:
+        head += " Go peer p50 / p99 ms | Go peer added p50 ms |"
+        rule += "---:|---:|"
     rows = []
     labels = {s["key"]: s["label"] for s in results["scenarios"]}
     labels["evented"] = "/api/chat stream, backend sending event by event"
@@ -289,48 +437,167 @@ def first_chunk_table(results: dict[str, Any]) -> str:
     if results.get("first_chunk_evented"):
         pairs["evented"] = results["first_chunk_evented"]
     for key, pair in pairs.items():
-        direct, daemon = pair.get("direct"), pair.get("daemon")
-        if not daemon or not daemon.get("count"):
-            why = daemon.get("why", "failed") if daemon else "not run"
-            rows.append(f"| {labels.get(key, key)} | - | **{why}** | - | - |")
-            continue
-        d = f"{_fmt(direct['p50_ms'], 3)} / {_fmt(direct['p99_ms'], 3)}" if direct else "-"
-        p = f"{_fmt(daemon['p50_ms'], 3)} / {_fmt(daemon['p99_ms'], 3)}"
-        added = _fmt(daemon["p50_ms"] - direct["p50_ms"], 3) if direct else "-"
-        rows.append(f"| {labels.get(key, key)} | {d} | {p} | {added} | {daemon['count']} |")
-    return head + "\n".join(rows) + "\n"
+        direct, daemon, peer = pair.get("direct"), pair.get("daemon"), pair.get("peer")
+
+        n = daemon["count"] if daemon and daemon.get("count") else "-"
+        row = (
+            f"| {labels.get(key, key)} | {_latency_pair(direct)} | {_latency_pair(daemon)} "
+            f"| {_added_p50(daemon, direct)} | {n} |"
+        )
+        if with_peer:
+            row += f" {_latency_pair(peer)} | {_added_p50(peer, direct)} |"
+        rows.append(row)
+    return head + "\n" + rule + "\n" + "\n".join(rows) + "\n"
 
 
 def memory_section(results: dict[str, Any]) -> str:
     out = []
-    slow = results.get("slow_streams")
-    if slow:
-        if slow.get("error"):
-            out.append(f"Slow streams: **{slow['error']}**\n")
-        else:
-            out.append(
-                "| concurrent slow `/api/chat` streams | opened | ended with `done` | daemon RSS before "
-                "/ all open / after | memory per open stream | daemon fds before / open |\n"
-                "|---:|---:|---:|---:|---:|---:|\n"
-                f"| {slow['streams']} ({slow['stream_seconds']:g} s each) | {slow['opened']} "
+    proxies = [("daemon", results)]
+    if results.get("peer_memory"):
+        proxies.append(("Go peer", results["peer_memory"]))
+    slow_rows, never_rows = [], []
+    for who, found in proxies:
+        slow = found.get("slow_streams")
+        if slow and slow.get("error"):
+            slow_rows.append(f"| {who} | **{slow['error']}** | | | | | |")
+        elif slow:
+            slow_rows.append(
+                f"| {who} | {slow['streams']} ({slow['stream_seconds']:g} s each) | {slow['opened']} "
                 f"| {slow['completed']} | {slow['rss_before_mb']} / {slow['rss_open_mb']} / "
                 f"{slow['rss_after_mb']} MB | {slow['per_stream_kb']} KB | {slow['fds_before']} / "
-                f"{slow['fds_open']} |\n"
+                f"{slow['fds_open']} |"
             )
             if slow.get("errors"):
-                out.append("Stream errors: " + "; ".join(f"`{e}`" for e in slow["errors"]) + "\n")
-    never = results.get("never_reads")
-    if never:
-        if never.get("error"):
-            out.append(f"\nNever-reading client: **{never['error']}**\n")
-        else:
-            out.append(
-                "\n| client that never reads an endless stream | daemon RSS before / at 1 s / max / end "
-                "| growth after 1 s | backend managed to send, at 1 s / at the end |\n|---|---:|---:|---:|\n"
-                f"| {never['seconds']:g} s | {never['rss_before_mb']} / {never['rss_at_1s_mb']} / "
+                slow_rows.append(
+                    f"| {who}: stream errors | " + "; ".join(f"`{e}`" for e in slow["errors"]) + " |"
+                )
+        never = found.get("never_reads")
+        if never and never.get("error"):
+            never_rows.append(f"| {who} | **{never['error']}** | | | |")
+        elif never:
+            never_rows.append(
+                f"| {who} | {never['seconds']:g} s | {never['rss_before_mb']} / {never['rss_at_1s_mb']} / "
                 f"{never['rss_max_mb']} / {never['rss_end_mb']} MB | {never['growth_after_1s_mb']} MB "
-                f"| {never.get('backend_sent_at_1s_mb')} / {never.get('backend_sent_mb')} MB |\n"
+                f"| {never.get('backend_sent_at_1s_mb')} / {never.get('backend_sent_mb')} MB |"
             )
+    if slow_rows:
+        out.append(
+            "| proxy | concurrent slow `/api/chat` streams | opened | ended with `done` | RSS before "
+            "/ all open / after | memory per open stream | fds before / open |\n"
+            "|---|---:|---:|---:|---:|---:|---:|\n" + "\n".join(slow_rows) + "\n"
+        )
+    if never_rows:
+        out.append(
+            "\n| proxy | client that never reads an endless stream | RSS before / at 1 s / max / end "
+            "| growth after 1 s | backend managed to send, at 1 s / at the end |\n|---|---|---:|---:|---:|\n"
+            + "\n".join(never_rows)
+            + "\n"
+        )
+    return "".join(out)
+
+
+def _merge_problems(lines: list[str]) -> list[str]:
+    """``N x message`` lines with the same message (a leading clock time left out) as one, most first."""
+    counts: dict[str, int] = {}
+    for line in lines:
+        count, _, message = line.partition(" x ")
+        message = re.sub(r"^\d\d:\d\d:\d\d(\.\d+)? ", "", message)
+        counts[message] = counts.get(message, 0) + (int(count) if count.isdigit() else 1)
+    return [f"{n} x {message}" for message, n in sorted(counts.items(), key=lambda kv: -kv[1])]
+
+
+PACED_LABELS = {"direct": "backend alone (the harness's floor)", "daemon": "daemon", "peer": "Go peer"}
+
+
+def paced_section(results: dict[str, Any]) -> str:
+    paced = results.get("paced")
+    if not paced:
+        return "Not run (`--paced 0`).\n"
+    out = [
+        f"Each stream lasts {paced.get('seconds', 0):g} s; the streams open evenly over "
+        f"{paced.get('ramp_s', 0):g} s and "
+        "only the window in which all of them are open counts. *Latency per event* is the client's "
+        "arrival time minus the send time the backend stamped into the event (for the backend alone, its "
+        "own SSE; through a proxy, the translated `/api/chat` line). *Cores* is the proxy's user + system "
+        "CPU over the window (the proxy is pinned to one CPU); *RSS per open stream* is (RSS in the window "
+        "minus RSS before the run) / streams. A run marked *saturated* kept its one core 90 % busy or "
+        "relayed less than it was offered: its latency is queueing, and a † marks one so far behind that "
+        "its streams were never all open at once (its figures are from the 10th to the 90th percentile of "
+        "the arrivals instead). The paced backend and the client share the other CPU; a ‡ marks a run in "
+        f"which they kept it more than {LOAD_BUSY_CORES:.0%} busy, when their own queueing shows in the "
+        f"latencies. Client: the {paced.get('client', '?')} one.\n\n",
+        f"| streams {TIMES} events/s | proxy | relayed events/s (offered) | cores | cores per 1,000 events/s "
+        "| latency per event p50 / p99 / max ms | RSS before / open MB | RSS per open stream "
+        "| load core: backend + client cores | ended with `done` | other processes (CPUs) |\n"
+        "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|\n",
+    ]
+    for run in paced["runs"]:
+        spec = f"{run['streams']} {TIMES} {run.get('rate', 50):g}"
+        who = PACED_LABELS.get(run["target"], run["target"])
+        if run.get("error"):
+            out.append(f"| {spec} | {who} | **{run['error']}** | | | | | | | | |\n")
+            continue
+        latency = run.get("latency") or {}
+        saturated = " (saturated)" if run.get("saturated") and run["target"] != "direct" else ""
+        if run.get("window", "all open") != "all open":
+            saturated += " †"
+        memory = (
+            f"{_fmt(run.get('rss_idle_mb'), 1)} / {_fmt(run.get('rss_steady_mb'), 1)}"
+            if run.get("rss_idle_mb") is not None
+            else "-"
+        )
+        per_stream = (
+            f"{_fmt(run.get('rss_per_stream_kb'), 1)} KB" if run.get("rss_per_stream_kb") is not None else "-"
+        )
+        out.append(
+            f"| {spec} | {who}{saturated} | {_fmt(run.get('events_per_s'))} ({_fmt(run['offered_per_s'])}) "
+            f"| {_fmt(run.get('cores'), 3)} | {_fmt(run.get('cores_per_1k_events'), 3)} "
+            f"| {_fmt(latency.get('p50_ms'), 3)} / {_fmt(latency.get('p99_ms'), 3)} / "
+            f"{_fmt(latency.get('max_ms'), 3)} | {memory} | {per_stream} "
+            f"| {_fmt(run.get('load_cores'), 2)} + {_fmt(run.get('client_cores'), 2)}"
+            f"{' ‡' if run.get('load_busy') else ''} "
+            f"| {run.get('completed')} / {run['streams']} | {_fmt(run.get('other_cpus'), 2)} |\n"
+        )
+    return "".join(out)
+
+
+def peer_section(results: dict[str, Any]) -> str:
+    peer = results.get("peer")
+    if not peer:
+        return "Not part of this run.\n"
+    if not peer.get("binary"):
+        return f"Skipped: {peer['skipped']}.\n"
+    labels = {s["key"]: s["label"] for s in results.get("scenarios", [])}
+    out = [peer_line(results)]
+    not_served = [s["label"] for s in results.get("scenarios", []) if s.get("peer_serves") is False]
+    out.append(
+        "\nIt serves every endpoint measured here"
+        + (f" except {', '.join(not_served)}" if not_served else "")
+        + ". Of the others, it translates `/v1/messages` (Anthropic) into a chat completion, where the "
+        "daemon passes everything under `/v1` through to the backend untouched (the canned one has no "
+        "`/v1/messages`), and it answers 404 to `/v1/responses`, which the daemon passes through: neither "
+        "is a like-for-like scenario. It is timed wherever "
+        "its reply passes the essential check (HTTP 200 and the whole text, vector or model list); what "
+        "the daemon's full checks and the SDKs find beyond that is listed here as differences.\n"
+    )
+    failures = peer.get("check_failures") or {}
+    differences = peer.get("differences") or {}
+    if failures or differences:
+        out.append("\n")
+        for key, problems in failures.items():
+            out.append(f"- {labels.get(key, key)}: **not timed**: {'; '.join(problems)[:300]}\n")
+        for key, problems in differences.items():
+            out.append(f"- {labels.get(key, key)}: differs: {'; '.join(problems)[:300]}\n")
+    else:
+        out.append("\nIts replies passed every check the daemon's pass.\n")
+    problems = _merge_problems(
+        (peer.get("problems") or []) + ((results.get("peer_memory") or {}).get("problems") or [])
+    )
+    if problems:
+        out.append(
+            "\nIt logged (count x message; wrk cancels the requests in flight at the end of each cell):\n\n"
+        )
+        out.extend(f"    {p[:200]}\n" for p in problems[:6])
     return "".join(out)
 
 
@@ -389,12 +656,21 @@ def render(results: dict[str, Any]) -> str:
         f"Run on {results['date']} by `{results['command']}` (took {results['wall_seconds']:.0f} s).\n",
         f"Machine: {meta['nproc']} CPUs ({meta['cpu_model']}), {meta['memory_gb']} GB, Linux "
         f"{meta['kernel']}; Python {meta['python']}, Twisted {meta['twisted']}, {meta['nginx']}, "
-        f"{meta['wrk']}. Code measured: `{meta['code']}`.\n",
+        f"{meta['wrk']}. Code measured: `{meta['code']}`"
+        + (f" (the daemons imported `{meta['daemon_code']}`)" if meta.get("daemon_code") else "")
+        + ".\n",
         f"Load: wrk, one thread, {cfg['duration']} s per cell after a {cfg['warmup']} s warm-up per "
         f"scenario, concurrency {', '.join(map(str, cfg['concurrency']))}"
         + (f", median of {cfg['repeat']} runs per daemon cell" if cfg.get("repeat", 1) > 1 else "")
         + f"; CPU pinning: {pinning}.\n",
+        peer_line(results),
         _quiet_note(results),
+        (
+            "\n**A `--quick` smoke run:** one-second cells, short streams, few samples. Its numbers show "
+            "that the machinery works, not how fast anything is.\n"
+            if cfg.get("quick")
+            else ""
+        ),
         "\n### Against the issue's targets\n\n",
         targets_table(results),
         "\n### Every scenario\n\n"
@@ -406,10 +682,14 @@ def render(results: dict[str, Any]) -> str:
         first_chunk_table(results),
         "\n### Memory with many open streams\n\n",
         memory_section(results),
+        "\n### Realistic streams: events paced like a GPU server's\n\n",
+        paced_section(results),
         "\n### Several cores\n\n",
         scaling_section(results),
         "\n### Checks before timing\n\n",
         checks_section(results),
+        "\n### The Go peer\n\n",
+        peer_section(results),
     ]
     if results.get("profile"):
         parts += ["\n### Where the daemon's CPU time goes (py-spy)\n\n", profile_section(results)]

@@ -29,18 +29,24 @@ import sys
 import tempfile
 import threading
 import time
+from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import psutil
 
-from bench import canned, profile, report
+from bench import canned, paced, profile, report
+from bench import peer as peer_module
+from bench.paced_client import build_c_client, run_client
+from bench.peer import SERVES as PEER_SERVES
+from bench.peer import Peer
 from bench.procs import (
     REPO,
     VENV_BIN,
     Daemon,
     Processes,
+    clean_env,
     free_port,
     port_open,
     supports_option,
@@ -48,7 +54,16 @@ from bench.procs import (
     which,
 )
 from bench.procstat import MB, OtherLoad, RSSSampler, cpu_seconds, hwm_bytes, rss_bytes
-from bench.scenarios import SCENARIOS, STREAM_OPTIONS, CheckFailed, Request, Scenario, fetch, sdk_checks
+from bench.scenarios import (
+    SCENARIOS,
+    STREAM_OPTIONS,
+    CheckFailed,
+    Request,
+    Scenario,
+    essential,
+    fetch,
+    sdk_checks,
+)
 from bench.streams import first_chunk_latency, never_reads, slow_streams
 from bench.wrk import run_wrk, write_script
 
@@ -67,7 +82,8 @@ def log(message: str) -> None:
 
 
 def ensure_tools() -> tuple[str, str]:
-    """nginx (with the njs module) and wrk, installed from Debian's packages if missing."""
+    """nginx (with the njs module) and wrk, installed from Debian's packages if missing; gcc too where it
+    can be (as root), for the realistic streams' C client."""
     missing = [pkg for tool, pkg in APT_PACKAGES.items() if which(tool) is None]
     if not canned.NJS_MODULE.exists():
         missing.append("libnginx-mod-http-js")
@@ -80,6 +96,14 @@ def ensure_tools() -> tuple[str, str]:
             [*sudo, "apt-get", "install", "-y", "-qq", "--no-install-recommends", *missing],
             check=True,
             env=env,
+        )
+    if which("cc") is None and os.geteuid() == 0:
+        # Only the C client of the realistic streams needs it; without it the Python client stands in.
+        subprocess.run(
+            ["apt-get", "install", "-y", "-qq", "--no-install-recommends", "gcc"],
+            env={**os.environ, "DEBIAN_FRONTEND": "noninteractive"},
+            capture_output=True,
+            check=False,
         )
     nginx, wrk = which("nginx"), which("wrk")
     if nginx is None or wrk is None or not canned.NJS_MODULE.exists():
@@ -127,6 +151,16 @@ def machine_facts(nginx: str, wrk: str) -> dict[str, Any]:
     with open("/proc/meminfo") as meminfo:
         mem_kb = int(meminfo.readline().split()[1])
     code = _version(["git", "-C", str(REPO), "describe", "--always", "--dirty"], must_succeed=True)
+    # Which ollama_proxy the daemons import (clean_env puts this checkout first on PYTHONPATH).
+    imported = subprocess.run(
+        [sys.executable, "-c", "import ollama_proxy; print(ollama_proxy.__file__)"],
+        capture_output=True,
+        text=True,
+        env=clean_env(),
+        cwd="/",
+        timeout=60,
+        check=False,
+    ).stdout.strip()
     return {
         "nproc": os.cpu_count(),
         "cpu_model": model,
@@ -137,6 +171,7 @@ def machine_facts(nginx: str, wrk: str) -> dict[str, Any]:
         "nginx": _version([nginx, "-v"]).replace("nginx version: ", ""),
         "wrk": _version([wrk, "--version"]).split(" [")[0],
         "code": code,
+        "daemon_code": str(Path(imported).parent) if imported else "?",
     }
 
 
@@ -170,6 +205,8 @@ class Bench:
         self.notes: list[str] = [self_note] if self_note else []
         self.nginx_pid = 0
         self.nginx_port = 0
+        self.peer_binary: Path | None = None
+        self.has_max_concurrent: bool | None = None
         self.all_cpus = set(cpus)
         if args.workers:
             if supports_option("--workers"):
@@ -241,6 +278,46 @@ class Bench:
             log(f"check {scenario.label}: {'ok' if not problems else '; '.join(problems)}")
         return failures
 
+    def check_peer(
+        self, scenarios: list[Scenario], backend_port: int, peer: Peer
+    ) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
+        """The peer's replies: failures of the essential check (not timed), and differences that the full
+        checks and the SDKs find beyond it (timed, and reported)."""
+        failures: dict[str, list[str]] = {s.key: [] for s in scenarios}
+        differences: dict[str, list[str]] = {s.key: [] for s in scenarios}
+        for scenario in scenarios:
+            if scenario.key not in PEER_SERVES:
+                failures[scenario.key].append("the peer does not serve this endpoint")
+                continue
+            logged = peer.log_size()
+            try:
+                reply = fetch(peer.port, scenario.daemon, timeout=10)
+                essential(scenario.key)(reply)
+            except (CheckFailed, OSError, http.client.HTTPException) as exc:
+                failures[scenario.key].append(str(exc) or type(exc).__name__)
+                continue
+            try:
+                scenario.check(reply)
+            except CheckFailed as exc:
+                differences[scenario.key].append(str(exc))
+            time.sleep(0.2)
+            differences[scenario.key].extend(f"peer logged: {p}" for p in peer.problems(logged)[:1])
+        try:
+            sdk = sdk_checks(backend_port, peer.port)
+        except Exception as exc:  # the SDK checks only add to the differences
+            sdk = {s.key: [f"SDK checks: {type(exc).__name__}: {exc}"] for s in scenarios}
+        for key, problems in sdk.items():
+            if key in differences:
+                differences[key].extend(p for p in problems if "direct" not in p)
+        for scenario in scenarios:
+            if failures[scenario.key]:
+                log(f"peer check {scenario.label}: not timed: {'; '.join(failures[scenario.key])}")
+            elif differences[scenario.key]:
+                log(f"peer check {scenario.label}: timed; differs: {'; '.join(differences[scenario.key])}")
+            else:
+                log(f"peer check {scenario.label}: ok")
+        return failures, differences
+
     # -- load ----------------------------------------------------------------------------------------------
 
     def wrk_cell(
@@ -256,7 +333,7 @@ class Bench:
     ) -> dict[str, Any]:
         request = scenario.direct if target == "direct" else scenario.daemon
         script = write_script(
-            self.workdir, f"{scenario.key}-{target}", request, tally_statuses=target == "daemon"
+            self.workdir, f"{scenario.key}-{target}", request, tally_statuses=target != "direct"
         )
         url = f"http://127.0.0.1:{port}{request.path}"
         cpu_before = cpu_seconds(pid) if pid else 0.0
@@ -281,53 +358,68 @@ class Bench:
         return cell
 
     def load(
-        self, scenarios: list[Scenario], failures: dict[str, list[str]], nginx: int, daemon: Daemon
+        self,
+        scenarios: list[Scenario],
+        failures: dict[str, list[str]],
+        nginx: int,
+        daemon: Daemon,
+        peer: Peer | None = None,
+        peer_failures: dict[str, list[str]] | None = None,
     ) -> list[dict[str, Any]]:
+        """Per scenario and concurrency: the backend alone, the daemon, and the peer (if any), one right
+        after the other so that a change in the machine's speed hits all three alike."""
         cells: list[dict[str, Any]] = []
+        proxies: list[tuple[str, int, int, dict[str, list[str]]]] = [
+            ("daemon", daemon.port, daemon.pid, failures)
+        ]
+        if peer is not None:
+            proxies.append(("peer", peer.port, peer.pid, peer_failures or {}))
         for scenario in scenarios:
             if self.args.wait_quiet:
                 wait_until_quiet(min(self.args.wait_quiet, 120.0))
-            broken = failures[scenario.key]
-            if not broken and self.args.warmup:
-                self.wrk_cell(scenario, "daemon", daemon.port, 10, None, self.args.warmup)
+            if self.args.warmup:
+                for target, port, _, broken in proxies:
+                    if not broken.get(scenario.key):
+                        self.wrk_cell(scenario, target, port, 10, None, self.args.warmup)
             for c in self.args.concurrency:
                 direct = self.wrk_cell(scenario, "direct", nginx, c, None, self.args.duration)
                 cells.append(direct)
-                if broken:
-                    cells.append(
-                        {
-                            "scenario": scenario.key,
-                            "target": "daemon",
-                            "c": c,
-                            "ok": False,
-                            "why": "reply check failed, not timed",
-                        }
+                said = [f"{scenario.label:30} c={c:<3} direct {direct['rps']:>9.0f} req/s"]
+                busy = direct["other_cpus"]
+                for target, port, pid, broken in proxies:
+                    if broken.get(scenario.key):
+                        cells.append(
+                            {
+                                "scenario": scenario.key,
+                                "target": target,
+                                "c": c,
+                                "ok": False,
+                                "why": "reply check failed, not timed",
+                            }
+                        )
+                        said.append(f"{target}: not timed")
+                        continue
+                    cell = self.proxy_cell(scenario, target, port, pid, c)
+                    if cell["ok"] and direct["ok"]:
+                        cell["added_p50_ms"] = round(cell["p50_ms"] - direct["p50_ms"], 3)
+                        cell["added_p99_ms"] = round(cell["p99_ms"] - direct["p99_ms"], 3)
+                    cells.append(cell)
+                    busy = max(busy, cell["other_cpus"])
+                    said.append(
+                        f"{target} {cell['rps']:>7.0f} req/s p50 {cell['p50_ms']:.2f} "
+                        f"p99 {cell['p99_ms']:.2f} cpu {cell.get('cpu_ms_per_req') or 0:.3f} ms/req"
+                        + ("" if cell["ok"] else f" FAILED: {cell['why']}")
                     )
-                    log(f"{scenario.label:30} c={c:<3} direct {direct['rps']:>9.0f} req/s; daemon: not timed")
-                    continue
-                cell = self.daemon_cell(scenario, daemon, c)
-                if cell["ok"] and direct["ok"]:
-                    cell["added_p50_ms"] = round(cell["p50_ms"] - direct["p50_ms"], 3)
-                    cell["added_p99_ms"] = round(cell["p99_ms"] - direct["p99_ms"], 3)
-                cells.append(cell)
-                status = "" if cell["ok"] else f"  FAILED: {cell['why']}"
-                busy = max(cell["other_cpus"], direct["other_cpus"])
                 if busy > QUIET_CPUS:
-                    status += f"  (other processes busy: {busy:.2f} CPUs)"
-                log(
-                    f"{scenario.label:30} c={c:<3} direct {direct['rps']:>9.0f} req/s "
-                    f"p50 {direct['p50_ms']:.2f} ms | daemon {cell['rps']:>7.0f} req/s "
-                    f"p50 {cell['p50_ms']:.2f} p99 {cell['p99_ms']:.2f} ms "
-                    f"cpu {cell.get('cpu_ms_per_req') or 0:.3f} ms/req{status}"
-                )
+                    said.append(f"(other processes busy: {busy:.2f} CPUs)")
+                log(" | ".join(said))
         return cells
 
-    def daemon_cell(self, scenario: Scenario, daemon: Daemon, c: int) -> dict[str, Any]:
-        """One cell through the daemon; with --repeat N, N runs of it and the one with the median req/s
+    def proxy_cell(self, scenario: Scenario, target: str, port: int, pid: int, c: int) -> dict[str, Any]:
+        """One cell through a proxy; with --repeat N, N runs of it and the one with the median req/s
         (a cell fails if any run failed)."""
         runs = [
-            self.wrk_cell(scenario, "daemon", daemon.port, c, daemon.pid, self.args.duration)
-            for _ in range(self.args.repeat)
+            self.wrk_cell(scenario, target, port, c, pid, self.args.duration) for _ in range(self.args.repeat)
         ]
         failed = [run for run in runs if not run["ok"]]
         chosen = failed[0] if failed else sorted(runs, key=lambda run: run["rps"])[len(runs) // 2]
@@ -337,7 +429,13 @@ class Bench:
         return chosen
 
     def first_chunks(
-        self, scenarios: list[Scenario], failures: dict[str, list[str]], nginx: int, daemon: Daemon
+        self,
+        scenarios: list[Scenario],
+        failures: dict[str, list[str]],
+        nginx: int,
+        daemon: Daemon,
+        peer: Peer | None = None,
+        peer_failures: dict[str, list[str]] | None = None,
     ) -> dict[str, Any]:
         out: dict[str, Any] = {}
         for scenario in scenarios:
@@ -349,10 +447,23 @@ class Bench:
             else:
                 through = first_chunk_latency(daemon.port, scenario.daemon, self.args.first_chunk)
             out[scenario.key] = {"direct": direct, "daemon": through}
+            if peer is not None:
+                if (peer_failures or {}).get(scenario.key):
+                    out[scenario.key]["peer"] = {"count": 0, "why": "reply check failed"}
+                else:
+                    out[scenario.key]["peer"] = first_chunk_latency(
+                        peer.port, scenario.daemon, self.args.first_chunk
+                    )
             if through["count"] and direct["count"]:
+                theirs = out[scenario.key].get("peer") or {}
                 log(
                     f"first chunk {scenario.label}: direct p50 {direct['p50_ms']:.3f} ms, "
                     f"daemon p50 {through['p50_ms']:.3f} p99 {through['p99_ms']:.3f} ms"
+                    + (
+                        f", peer p50 {theirs['p50_ms']:.3f} p99 {theirs['p99_ms']:.3f} ms"
+                        if theirs.get("count")
+                        else ""
+                    )
                 )
             else:
                 log(f"first chunk {scenario.label}: {through.get('why') or direct.get('why')}")
@@ -399,24 +510,40 @@ class Bench:
     def run(self) -> dict[str, Any]:
         started = time.monotonic()
         scenarios = [s for s in SCENARIOS if not self.args.scenarios or s.key in self.args.scenarios]
-        results: dict[str, Any] = {"notes": self.notes}
+        results: dict[str, Any] = {"notes": self.notes, "peer": self.build_peer()}
         nginx = self.start_nginx()
         daemon = Daemon(
             self.procs, "main", f"http://127.0.0.1:{nginx}/v1", self.daemon_cpu, self.daemon_extra
         )
         log(f"daemon pid {daemon.pid} on 127.0.0.1:{daemon.port}: {' '.join(daemon.command[1:])}")
+        peer = self.start_peer("main", f"http://127.0.0.1:{nginx}", [canned.MODEL, canned.EMBED_MODEL])
+        if self.peer_binary is not None and peer is None:
+            # Built but would not start: skipped for the whole run, with the reason start_peer noted.
+            results["peer"].update(binary=None, skipped=f"it did not start: {self.notes[-1][:300]}")
+            self.peer_binary = None
         time.sleep(1.0)
         rss_idle = rss_bytes(daemon.pid)
         sampler = RSSSampler(daemon.pid).start()
+        peer_rss_idle = rss_bytes(peer.pid) if peer else 0
+        peer_sampler = RSSSampler(peer.pid).start() if peer else None
+        peer_failures: dict[str, list[str]] = {}
         try:
             failures = self.check(scenarios, nginx, daemon)
             rss_after_checks = rss_bytes(daemon.pid)
-            results["cells"] = self.load(scenarios, failures, nginx, daemon)
-            results["first_chunk"] = self.first_chunks(scenarios, failures, nginx, daemon)
+            if peer is not None:
+                peer_failures, differences = self.check_peer(scenarios, nginx, peer)
+                results["peer"]["check_failures"] = {k: v for k, v in peer_failures.items() if v}
+                results["peer"]["differences"] = {k: v for k, v in differences.items() if v}
+            results["cells"] = self.load(scenarios, failures, nginx, daemon, peer, peer_failures)
+            results["first_chunk"] = self.first_chunks(
+                scenarios, failures, nginx, daemon, peer, peer_failures
+            )
             if self.args.profile:
                 results["profile"] = self.profile_daemon(daemon, scenarios, failures)
         finally:
             sampler.stop()
+            if peer_sampler is not None:
+                peer_sampler.stop()
         time.sleep(3.0)
         results["rss"] = {
             "idle_mb": round(rss_idle / MB, 1),
@@ -427,6 +554,15 @@ class Bench:
             "samples": len(sampler.samples),
         }
         log(f"daemon RSS idle / peak / after: {results['rss']}")
+        if peer is not None and peer_sampler is not None:
+            results["peer"]["rss"] = {
+                "idle_mb": round(peer_rss_idle / MB, 1),
+                "peak_mb": round(max(peer_sampler.peak(), hwm_bytes(peer.pid)) / MB, 1),
+                "after_mb": round(rss_bytes(peer.pid) / MB, 1),
+            }
+            log(f"peer RSS idle / peak / after: {results['peer']['rss']}")
+            results["peer"]["problems"] = summarise_problems(peer.problems())
+            peer.stop()
         results["daemon_problems"] = summarise_problems(daemon.problems())
         others = [cell["other_cpus"] for cell in results["cells"] if "other_cpus" in cell]
         results["other_load"] = {
@@ -437,15 +573,54 @@ class Bench:
         }
         daemon.stop()
         results["scenarios"] = [
-            {"key": s.key, "label": s.label, "stream": s.stream, "check_failures": failures[s.key]}
+            {
+                "key": s.key,
+                "label": s.label,
+                "stream": s.stream,
+                "check_failures": failures[s.key],
+                "peer_serves": s.key in PEER_SERVES,
+            }
             for s in scenarios
         ]
         if self.args.slow_streams:
             results.update(self.memory_tests())
+        if paced.parse_specs(self.args.paced):
+            results["paced"] = self.paced_tests()
         if self.args.scaling_workers > 1 and failures.get("chat") == []:
             results["scaling"] = self.scaling(next(s for s in SCENARIOS if s.key == "chat"))
         results["wall_seconds"] = round(time.monotonic() - started, 1)
         return results
+
+    # -- the Go peer ---------------------------------------------------------------------------------------
+
+    def build_peer(self) -> dict[str, Any]:
+        if not self.args.peer:
+            self.peer_binary = None
+            return {"name": peer_module.NAME, "skipped": "not asked for (--no-peer)"}
+        log(f"the peer {peer_module.NAME}: finding its source, building it or taking the cached build")
+        cache = Path(self.args.peer_cache) if self.args.peer_cache else None
+        built = peer_module.build(self.args.peer_git, self.args.peer_build, cache)
+        self.peer_binary = built.binary
+        if built.binary is None:
+            log(f"the peer is skipped: {built.note}")
+        else:
+            how = "cached" if built.cached else f"built in {built.seconds:.0f} s"
+            log(f"the peer: {built.binary} ({how}, {built.go}, commit {built.commit[:12]})")
+        return built.as_dict()
+
+    def start_peer(self, name: str, backend_root: str, models: list[str]) -> Peer | None:
+        """The peer in front of a backend, pinned like the daemon; None (with a note) if it cannot start."""
+        if self.peer_binary is None:
+            return None
+        try:
+            peer = Peer(self.procs, name, self.peer_binary, backend_root, models, self.daemon_cpu)
+        except (OSError, RuntimeError) as exc:
+            said = " | ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+            self.notes.append(f"the peer did not start in front of {backend_root} ({name}): {said}")
+            log(self.notes[-1])
+            return None
+        log(f"peer pid {peer.pid} on 127.0.0.1:{peer.port} in front of {backend_root}")
+        return peer
 
     def scaling(self, scenario: Scenario) -> dict[str, Any]:
         """``/api/chat`` through one process and through ``--workers N``, in the same conditions: nothing
@@ -516,60 +691,189 @@ class Bench:
             several.stop()
         return out
 
+    def max_concurrent(self, streams: int) -> list[str]:
+        """The daemon's admission limit raised above ``streams`` (when it has one): the memory and paced
+        tests measure open streams, not admission."""
+        if self.has_max_concurrent is None:
+            self.has_max_concurrent = supports_option("--max-concurrent")
+        return ["--max-concurrent", str(streams + 16)] if self.has_max_concurrent else []
+
     def memory_tests(self) -> dict[str, Any]:
         out: dict[str, Any] = {}
         port, backend_proc = self.start_slow_backend()
-        extra = list(self.daemon_extra)
-        if supports_option("--max-concurrent"):
-            # This test measures memory per open stream, not the daemon's admission limit.
-            extra += ["--max-concurrent", str(self.args.slow_streams + 16)]
-        daemon = Daemon(self.procs, "slow", f"http://127.0.0.1:{port}/v1", self.daemon_cpu, extra)
+        extra = [*self.daemon_extra, *self.max_concurrent(self.args.slow_streams)]
         out["slow_daemon_args"] = extra
+        # Time to first chunk when the backend sends its stream event by event (the first at once), as a
+        # real model does: unlike nginx's one-read stream, this is the first token's own latency.
+        count = self.args.first_chunk
+        messages = [{"role": "user", "content": "tick"}]
+        direct = Request(
+            "POST", "/v1/chat/completions", {"model": "bench-slow", "messages": messages, **STREAM_OPTIONS}
+        )
+        proxied = Request("POST", "/api/chat", {"model": "bench-slow", "messages": messages, "stream": True})
+        out["first_chunk_evented"] = {"direct": first_chunk_latency(port, direct, count, whole=False)}
         try:
-            # Time to first chunk when the backend sends its stream event by event (the first at once),
-            # as a real model does: unlike nginx's one-read stream, this is the first token's own latency.
-            count = self.args.first_chunk
-            messages = [{"role": "user", "content": "tick"}]
-            direct = Request(
-                "POST",
-                "/v1/chat/completions",
-                {"model": "bench-slow", "messages": messages, **STREAM_OPTIONS},
-            )
-            proxied = Request(
-                "POST", "/api/chat", {"model": "bench-slow", "messages": messages, "stream": True}
-            )
-            out["first_chunk_evented"] = {
-                "direct": first_chunk_latency(port, direct, count, whole=False),
-                "daemon": first_chunk_latency(daemon.port, proxied, count, whole=False),
-            }
-            log(f"first chunk with an event-by-event backend: {out['first_chunk_evented']}")
-            log(f"{self.args.slow_streams} concurrent slow streams of {self.args.slow_seconds:g} s")
+            daemon = Daemon(self.procs, "slow", f"http://127.0.0.1:{port}/v1", self.daemon_cpu, extra)
             try:
-                slow = slow_streams(
-                    daemon.pid, daemon.port, "bench-slow", self.args.slow_streams, self.args.slow_seconds
+                out["first_chunk_evented"]["daemon"] = first_chunk_latency(
+                    daemon.port, proxied, count, whole=False
                 )
-                out["slow_streams"] = {**slow.__dict__, "stream_seconds": self.args.slow_seconds}
-                log(f"slow streams: {out['slow_streams']}")
-            except (OSError, RuntimeError) as exc:
-                out["slow_streams"] = {"error": f"{type(exc).__name__}: {exc}"}
-            log(f"a client that never reads, {self.args.never_read_seconds:g} s")
-            try:
-                never = never_reads(
-                    daemon.pid,
-                    daemon.port,
-                    "bench-endless",
-                    self.args.never_read_seconds,
-                    lambda: int(json.loads(fetch(port, Request("GET", "/stats")).body)["endless_bytes"]),
-                )
-                out["never_reads"] = never
-                log(f"never reads: {never}")
-            except (OSError, RuntimeError) as exc:
-                out["never_reads"] = {"error": f"{type(exc).__name__}: {exc}"}
-            out["daemon_problems_slow"] = summarise_problems(daemon.problems())
+                log(f"first chunk with an event-by-event backend: {out['first_chunk_evented']}")
+                out.update(self.stream_memory("daemon", daemon.pid, daemon.port, port))
+                out["daemon_problems_slow"] = summarise_problems(daemon.problems())
+            finally:
+                daemon.stop()
+            peer = self.start_peer("slow", f"http://127.0.0.1:{port}", ["bench-slow", "bench-endless"])
+            if peer is not None:
+                try:
+                    out["first_chunk_evented"]["peer"] = first_chunk_latency(
+                        peer.port, proxied, count, whole=False
+                    )
+                    log(f"peer first chunk, event-by-event backend: {out['first_chunk_evented']['peer']}")
+                    out["peer_memory"] = self.stream_memory("peer", peer.pid, peer.port, port)
+                    out["peer_memory"]["problems"] = summarise_problems(peer.problems())
+                finally:
+                    peer.stop()
         finally:
-            daemon.stop()
             self.procs.stop(backend_proc)
         return out
+
+    def stream_memory(self, who: str, pid: int, proxy_port: int, backend_port: int) -> dict[str, Any]:
+        """Many slow streams at once, then a client that never reads, through one proxy."""
+        out: dict[str, Any] = {}
+        log(f"{who}: {self.args.slow_streams} concurrent slow streams of {self.args.slow_seconds:g} s")
+        try:
+            slow = slow_streams(pid, proxy_port, "bench-slow", self.args.slow_streams, self.args.slow_seconds)
+            out["slow_streams"] = {**slow.__dict__, "stream_seconds": self.args.slow_seconds}
+            log(f"{who} slow streams: {out['slow_streams']}")
+        except (OSError, RuntimeError) as exc:
+            out["slow_streams"] = {"error": f"{type(exc).__name__}: {exc}"}
+        log(f"{who}: a client that never reads, {self.args.never_read_seconds:g} s")
+
+        def endless_bytes() -> int:
+            return int(json.loads(fetch(backend_port, Request("GET", "/stats")).body)["endless_bytes"])
+
+        try:
+            before = endless_bytes()  # the backend's count goes on from one proxy's test to the next
+            never = never_reads(
+                pid,
+                proxy_port,
+                "bench-endless",
+                self.args.never_read_seconds,
+                lambda: endless_bytes() - before,
+            )
+            out["never_reads"] = never
+            log(f"{who} never reads: {never}")
+        except (OSError, RuntimeError) as exc:
+            out["never_reads"] = {"error": f"{type(exc).__name__}: {exc}"}
+        return out
+
+    # -- realistic streams ---------------------------------------------------------------------------------
+
+    def paced_tests(self) -> dict[str, Any]:
+        """N streams at once from a backend that paces its events like a GPU server, through each proxy in
+        turn (a fresh process per run): the proxy's CPU per 1,000 relayed events a second, the latency it
+        adds per event, and its memory per open stream.  The backend alone, read by the same client,
+        comes first each time: the harness's own floor."""
+        args = self.args
+        binary, why = build_c_client(self.workdir)
+        if binary is None:
+            self.notes.append(
+                f"the realistic-stream client is the Python one ({why}): at hundreds of streams its own "
+                "queueing adds to the latencies"
+            )
+            log(self.notes[-1])
+        out: dict[str, Any] = {
+            "seconds": args.paced_seconds,
+            "ramp_s": args.paced_ramp,
+            "client": "C" if binary is not None else "Python",
+            "runs": [],
+        }
+        for streams, rate in paced.parse_specs(args.paced):
+            events = max(2, round(rate * args.paced_seconds))
+            port = free_port()
+            lifetime = (args.paced_seconds + args.paced_ramp + 60) * 3 + 60
+            command = [sys.executable, "-m", "bench.paced_backend", "--port", str(port)]
+            command += ["--rate", str(rate), "--events", str(events), "--lifetime", str(lifetime)]
+            backend_log = self.workdir / f"paced-backend-{streams}x{rate:g}.log"
+            backend = self.procs.spawn("paced-backend", command, self.load_cpu, backend_log)
+            try:
+                wait_for(partial(port_open, port), 15, "the paced backend", backend)
+                for target in ("direct", "daemon", "peer"):
+                    if target == "peer" and self.peer_binary is None:
+                        continue
+                    run = self.paced_run(target, streams, rate, port, backend.pid, binary)
+                    run["events_per_stream"] = events
+                    out["runs"].append(run)
+                    log(f"paced {target} {streams} x {rate:g}/s: {_paced_line(run)}")
+            finally:
+                self.procs.stop(backend)
+        return out
+
+    def paced_run(
+        self, target: str, streams: int, rate: float, backend_port: int, backend_pid: int, binary: Path | None
+    ) -> dict[str, Any]:
+        args = self.args
+        run: dict[str, Any] = {
+            "target": target,
+            "streams": streams,
+            "rate": rate,
+            "offered_per_s": streams * rate,
+        }
+        fetch(backend_port, Request("GET", "/stats?reset"))
+        proxy: Daemon | Peer | None = None
+        if target == "direct":
+            port, pid, path = backend_port, backend_pid, "/v1/chat/completions"
+        elif target == "daemon":
+            extra = [*self.daemon_extra, *self.max_concurrent(streams)]
+            proxy = Daemon(
+                self.procs, f"paced-{streams}", f"http://127.0.0.1:{backend_port}/v1", self.daemon_cpu, extra
+            )
+            port, pid, path = proxy.port, proxy.pid, "/api/chat"
+        else:
+            proxy = self.start_peer(
+                f"paced-{streams}", f"http://127.0.0.1:{backend_port}", [paced.MODEL, paced.SHORT_MODEL]
+            )
+            if proxy is None:
+                return {**run, "error": "the peer did not start"}
+            port, pid, path = proxy.port, proxy.pid, "/api/chat"
+        try:
+            # Two short streams first: the proxy's warm-up, and the check that its lines carry the stamps.
+            for _ in range(2):
+                problem = paced_check(port, path)
+                if problem:
+                    return {**run, "error": f"reply check failed: {problem}"}
+            time.sleep(1.0)
+            if proxy is not None:
+                run["rss_idle_bytes"] = rss_bytes(pid)
+            other = OtherLoad([pid, backend_pid])
+            result = run_client(
+                port=port,
+                path=path,
+                streams=streams,
+                ramp=args.paced_ramp,
+                timeout=args.paced_seconds + 60,
+                pid=pid,
+                load_pids=[backend_pid],
+                cpu=self.load_cpu,
+                binary=binary,
+                workdir=self.workdir,
+            )
+            run.update(result)
+            run["other_cpus"] = round(other.cpus(), 2)
+            stats = json.loads(fetch(backend_port, Request("GET", "/stats")).body)
+            run["backend_late_p99_ms"] = stats["lateness"]["p99_ms"]
+            run["backend_blocked_writes"] = stats["blocked_writes"]
+            if proxy is None:
+                run.pop("rss_steady_bytes", None)  # the backend's own memory is not the question
+                run.pop("rss_max_bytes", None)
+            run.update(paced.figures(run))
+            if proxy is not None:
+                run["problems"] = summarise_problems(proxy.problems())[:3]
+        finally:
+            if proxy is not None:
+                proxy.stop()
+        return run
 
 
 # The machine's own ceiling for N processes: a JSON round trip of a chat request, the daemon's kind of work,
@@ -631,6 +935,41 @@ def connections_per_process(daemon: Daemon) -> list[int]:
     return sorted(counts, reverse=True)
 
 
+def paced_check(port: int, path: str) -> str:
+    """A short paced stream through ``port``: what is wrong with it, or "" (every event's stamp arrived, and
+    the last line ends the stream)."""
+    body: dict[str, Any] = {"model": paced.SHORT_MODEL, "stream": True}
+    if path == "/v1/chat/completions":
+        body.update(STREAM_OPTIONS)
+    body["messages"] = [{"role": "user", "content": "check"}]
+    try:
+        reply = fetch(port, Request("POST", path, body), timeout=10)
+    except (OSError, http.client.HTTPException) as exc:
+        return f"{type(exc).__name__}: {exc}"
+    if reply.status != 200:
+        return f"HTTP {reply.status}: {reply.body[:120]!r}"
+    found = paced.stamps(reply.body)
+    if len(found) != paced.SHORT_EVENTS:
+        return f"{len(found)} stamped events of {paced.SHORT_EVENTS}: {reply.body[:160]!r}"
+    last = reply.body.strip().split(b"\n")[-1]
+    if not paced.DONE.search(last):
+        return f"the last line does not end the stream: {last[:120]!r}"
+    return ""
+
+
+def _paced_line(run: dict[str, Any]) -> str:
+    if run.get("error"):
+        return f"FAILED: {run['error']}"
+    latency = run.get("latency") or {}
+    return (
+        f"{run.get('events_per_s', 0):,.0f} events/s of {run['offered_per_s']:,.0f}; "
+        f"cores {run.get('cores', 0):.3f} ({run.get('cores_per_1k_events') or 0:.3f} per 1k events/s); "
+        f"latency p50 {latency.get('p50_ms', 0):.2f} p99 {latency.get('p99_ms', 0):.2f} ms; "
+        f"RSS/stream {run.get('rss_per_stream_kb', '-')} KB; load side {run.get('load_cores', 0):.2f}"
+        f" + client {run.get('client_cores', 0):.2f} cores; completed {run.get('completed')}/{run['streams']}"
+    )
+
+
 def summarise_problems(problems: list[str]) -> list[str]:
     """Distinct logged errors with how often each occurred (timestamps and request ids left out)."""
     counts: dict[str, int] = {}
@@ -643,7 +982,7 @@ def summarise_problems(problems: list[str]) -> list[str]:
 # -- command line ------------------------------------------------------------------------------------------
 
 
-# Defaults of a full run and of --quick (a one-minute smoke run); an option given on the command line wins.
+# Defaults of a full run and of --quick (a 2-3 minute smoke run); an option on the command line wins.
 FULL = {
     "duration": 5,
     "warmup": 1,
@@ -656,6 +995,8 @@ FULL = {
     "profile_seconds": 10,
     "scaling_workers": 2,
     "scaling_repeat": 3,
+    "paced": ["100x50", "500x50", "500x10"],
+    "paced_seconds": 10.0,
 }
 QUICK = {
     "duration": 1,
@@ -669,6 +1010,8 @@ QUICK = {
     "profile_seconds": 3,
     "scaling_workers": 2,
     "scaling_repeat": 1,
+    "paced": ["100x50", "500x50"],
+    "paced_seconds": 4.0,
 }
 
 
@@ -680,7 +1023,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         + ", ".join(f"{k.replace('_', '-')} {v}" for k, v in QUICK.items()),
     )
     add = parser.add_argument
-    add("--quick", action="store_true", help="a one-minute smoke run; leaves docs/performance.md alone")
+    add("--quick", action="store_true", help="a 2-3 minute smoke run; leaves docs/performance.md alone")
     add("--duration", type=int, help=f"seconds per wrk cell ({FULL['duration']})")
     add("--warmup", type=int, help=f"seconds of warm-up per scenario through the daemon ({FULL['warmup']})")
     add("--concurrency", type=int, nargs="+", help="wrk connections, one cell each (1 10 50)")
@@ -703,6 +1046,27 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     add("--scaling-repeat", type=int, help=f"runs per cell of it, taking turns ({FULL['scaling_repeat']})")
     add("--scaling-concurrency", type=int, nargs="+", default=[10, 50], help="its wrk connections (10 50)")
+    add(
+        "--paced",
+        nargs="+",
+        metavar="STREAMSxRATE",
+        help="realistic streams: one run per STREAMSxRATE (concurrent paced streams x events a second "
+        "each, 50 if left out); 0 to skip (100x50 500x50 500x10)",
+    )
+    add("--paced-seconds", type=float, help=f"how long each paced stream lasts ({FULL['paced_seconds']:g})")
+    add("--paced-ramp", type=float, default=1.0, help="seconds over which the paced streams open (1)")
+    add(
+        "--peer",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help=f"measure the Go peer {peer_module.NAME} beside the daemon, where it can be built (on)",
+    )
+    add("--peer-git", help=f"its bare git directory (${peer_module.GIT_ENV}; else found under ../.mirror/)")
+    add(
+        "--peer-build",
+        help=f"its build script (${peer_module.BUILD_ENV}; else {peer_module.BUILD_SCRIPT})",
+    )
+    add("--peer-cache", help=f"where its builds are kept ({peer_module.default_cache()})")
     add("--daemon-arg", action="append", help="an extra daemon argument, repeatable (--daemon-arg=--x=1)")
     add("--no-pin", action="store_true", help="do not pin the daemon and the load to CPUs")
     add("--no-docs", action="store_true", help="do not rewrite docs/performance.md")
@@ -754,6 +1118,7 @@ def main(argv: list[str] | None = None) -> int:
     results["wall_seconds"] = round(time.monotonic() - wall, 1)
     results["machine"] = machine_facts(nginx, wrk)
     results["config"] = {
+        "quick": args.quick,
         "duration": args.duration,
         "warmup": args.warmup,
         "concurrency": args.concurrency,

@@ -196,6 +196,47 @@ def openai_models(reply: Reply) -> None:
     _expect(MODEL in ids, f"models {ids}")
 
 
+def essential(key: str) -> Check:
+    """The least a reply must be for its timing to mean anything: HTTP 200 and the whole answer (the text,
+    the vector, the model).  Another proxy (the Go peer) is timed when this passes; what the full checks
+    find beyond it is reported as a difference, not a failure."""
+
+    def check(reply: Reply) -> None:
+        _expect(reply.status == 200, f"HTTP {reply.status}: {reply.body[:200]!r}")
+        if key in ("chat", "generate"):
+            obj = _json(reply.body)
+            _expect(_text_of(obj, key) == TEXT, f"text {_text_of(obj, key)[:60]!r}")
+        elif key in ("chat-stream", "generate-stream"):
+            kind = key.split("-")[0]
+            lines = [_json(line) for line in reply.body.split(b"\n") if line.strip()]
+            _expect(bool(lines) and lines[-1].get("done") is True, "the last line is not done: true")
+            text = "".join(_text_of(line, kind) for line in lines)
+            _expect(text == TEXT, f"streamed text {text[:60]!r}")
+        elif key == "embed":
+            vectors = _json(reply.body).get("embeddings")
+            _expect(isinstance(vectors, list) and len(vectors) == 1, f"embeddings {str(vectors)[:80]}")
+            _expect(len(vectors[0]) == canned.EMBED_DIM, f"{len(vectors[0])} dimensions")
+        elif key == "tags":
+            names = {m.get("name") for m in _json(reply.body).get("models", [])}
+            _expect(f"{MODEL}:latest" in names or MODEL in names, f"models {sorted(map(str, names))}")
+        elif key == "v1-chat":
+            choices = _json(reply.body).get("choices") or [{}]
+            content = (choices[0].get("message") or {}).get("content")
+            _expect(content == TEXT, f"content {str(content)[:60]!r}")
+        elif key == "v1-chat-stream":
+            events = sse_events(reply.body)
+            _expect(bool(events) and events[-1] == "[DONE]", "no [DONE] at the end")
+            chunks = [_json(e.encode()) for e in events[:-1]]
+            text = "".join(
+                (c["choices"][0].get("delta") or {}).get("content") or "" for c in chunks if c.get("choices")
+            )
+            _expect(text == TEXT, f"streamed text {text[:60]!r}")
+        else:
+            raise CheckFailed(f"no essential check for {key}")
+
+    return check
+
+
 # -- the scenarios -----------------------------------------------------------------------------------------
 
 
