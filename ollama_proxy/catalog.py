@@ -172,13 +172,16 @@ class ModelCatalog:
         current = self._snapshot
         if current is not None and self._clock.seconds() - current.fetched_at < limit:
             return current
-        if self._refreshing is None:
-            # The refresh belongs to no one request: a client that leaves cancels only its own wait
-            # (its waiter's canceller), never the fetch the others are waiting on.
-            self._refreshing = ensureDeferred(self._refresh(limit))
-            self._refreshing.addBoth(self._refreshed)
         waiter: Deferred[Snapshot] = Deferred(self._waiters.remove)
         self._waiters.append(waiter)
+        if self._refreshing is None:
+            # The refresh belongs to no one request: a client that leaves cancels only its own wait
+            # (its waiter's canceller), never the fetch the others are waiting on.  It may also end at
+            # once (a breaker that is open fails it before any I/O).
+            refreshing = ensureDeferred(self._refresh(limit))
+            if not refreshing.called:
+                self._refreshing = refreshing
+            refreshing.addBoth(self._refreshed)
         return await waiter
 
     def _refreshed(self, outcome: Snapshot | Failure) -> None:
