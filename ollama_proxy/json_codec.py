@@ -26,6 +26,8 @@ import re
 from collections.abc import Iterator
 from typing import Any, Final
 
+import orjson
+
 MAX_DEPTH: Final = 128
 MAX_VALUES: Final = 1_000_000
 # JSON strings, for counting the values outside them.
@@ -37,8 +39,15 @@ class JSONRejected(ValueError):
 
 
 def compact_json(obj: Any) -> bytes:
-    """Compact UTF-8 JSON.  A lone surrogate (a backend splitting an emoji's escape pair) cannot be
-    encoded as UTF-8; such a value is written with ASCII escapes instead, which every JSON reader accepts."""
+    """Compact UTF-8 JSON, by orjson (some ten times faster than the standard library, and what the
+    stream path spends its time on).  What orjson refuses goes through the standard library instead: a
+    lone surrogate (a backend splitting an emoji's escape pair), which cannot be UTF-8 and is written with
+    ASCII escapes, which every JSON reader accepts; an integer beyond 64 bits; a key that is not a
+    string."""
+    try:
+        return orjson.dumps(obj)
+    except TypeError:
+        pass
     try:
         return json.dumps(obj, separators=(",", ":"), ensure_ascii=False).encode("utf-8")
     except UnicodeEncodeError:
@@ -63,7 +72,20 @@ def parse_json(
     if max_values is not None and _too_many_values(data, max_values):
         raise JSONRejected(f"JSON with more than {max_values} values")
     try:
-        value = json.loads(data, parse_constant=None if allow_constants else _no_constants)
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
+    if isinstance(value, (dict, list)) and _brackets(data) > max_depth and _depth(value) > max_depth:
+        raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
+def _standard_loads(data: bytes | str, *, allow_constants: bool, max_depth: int) -> Any:
+    """The standard library's reading, for what orjson refuses: its error messages say where JSON went
+    wrong, and it reads what orjson does not (``NaN`` where allowed, lone surrogate escapes, integers
+    beyond 64 bits), under the rules above."""
+    try:
+        return json.loads(data, parse_constant=None if allow_constants else _no_constants)
     except RecursionError:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels") from None
     except JSONRejected:
@@ -72,9 +94,6 @@ def parse_json(
         raise
     except ValueError as exc:  # the int-digits limit
         raise JSONRejected(str(exc)) from None
-    if isinstance(value, (dict, list)) and _brackets(data) > max_depth and _depth(value) > max_depth:
-        raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
-    return value
 
 
 def _too_many_values(data: bytes | str, limit: int) -> bool:
