@@ -75,7 +75,8 @@ def parse_json(
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
-    if isinstance(value, (dict, list)) and _brackets(data) > max_depth and _depth(value) > max_depth:
+    # Nesting deeper than max_depth takes twice that many brackets: short texts (stream events) skip the count.
+    if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
     return value
 

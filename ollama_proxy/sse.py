@@ -66,16 +66,34 @@ class SSEDecoder:
             self._partial = []
             self._partial_size = 0
         # bytes.splitlines breaks on exactly \n, \r and \r\n (unlike str.splitlines), the SSE line ends.
-        lines = chunk.splitlines(keepends=True)
-        last = lines[-1]
-        if not last.endswith(_EOL):
-            lines.pop()
-            self._hold(last)
-        elif last.endswith(b"\r"):
+        lines = chunk.splitlines()
+        ending = chunk[-1:]
+        if ending not in _EOL:
+            self._hold(lines.pop())
+        elif ending == b"\r":
             self._skip_lf = True
         events: list[SSEEvent] = []
+        if self._at_start and lines:
+            self._at_start = False
+            lines[0] = lines[0].removeprefix(_BOM)
+        # The lines of every event an OpenAI-compatible server sends are "data: ..." and "": handled here,
+        # inline (this runs once per generated token); anything else (comments, event names) in _line.
+        data = self._data
         for line in lines:
-            self._line(line.rstrip(b"\r\n"), events)
+            if not line:
+                if data:
+                    events.append(SSEEvent("\n".join(data), self._event))
+                    data.clear()
+                    self._data_size = 0
+                self._event = None
+            elif line[:5] == b"data:":
+                value = line[6:] if line[5:6] == b" " else line[5:]
+                data.append(value.decode("utf-8", "replace"))
+                self._data_size += len(value) + 1
+                if self._data_size > self._max_event_bytes:
+                    raise BackendError(f"backend stream event exceeds {self._max_event_bytes} bytes")
+            else:
+                self._line(line, events)
         return events
 
     def close(self) -> list[SSEEvent]:

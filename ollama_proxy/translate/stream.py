@@ -114,7 +114,10 @@ class EventStreamTransform:
         return self._translate(events)
 
     def _translate(self, events: list[SSEEvent]) -> bytes:
+        if not events:
+            return b""
         out: list[bytes] = []
+        at = self._clock()  # one reading per upstream read: its events arrived together
         for event in events:
             if event.data == "[DONE]":
                 self._saw_done = True
@@ -129,7 +132,7 @@ class EventStreamTransform:
                 continue
             self._bad_events = 0
             if isinstance(payload, dict):
-                out.append(self.translator.feed(payload, self._clock()))
+                out.append(self.translator.feed(payload, at))
             if self.translator.failed:
                 break
         return b"".join(out)

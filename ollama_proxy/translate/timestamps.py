@@ -7,6 +7,7 @@ as OllamaKit parse that form strictly, and the ollama SDK needs ``created_at`` t
 
 from __future__ import annotations
 
+import functools
 import re
 import time
 from datetime import datetime, timedelta, timezone
@@ -24,9 +25,17 @@ def _fraction(wall: float) -> tuple[int, str]:
 
 
 def rfc3339_utc(wall: float) -> str:
-    """``created_at``: UTC with ``Z``, e.g. ``2025-06-01T10:00:00.123456789Z``."""
+    """``created_at``: UTC with ``Z``, e.g. ``2025-06-01T10:00:00.123456789Z``.
+
+    Every streamed chunk carries one, so the date and time of day are formatted once per second
+    (``_utc_second``) and only the fraction per call."""
     seconds, fraction = _fraction(wall)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + fraction + "Z"
+    return _utc_second(seconds) + fraction + "Z"
+
+
+@functools.lru_cache(maxsize=4)
+def _utc_second(seconds: int) -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
 
 
 def rfc3339_local(wall: float, offset_seconds: int) -> str:
