@@ -75,7 +75,7 @@ def parse_json(
         value = orjson.loads(data)
     except orjson.JSONDecodeError:
         value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
-    # Nesting deeper than max_depth takes twice that many brackets: short texts (stream events) skip the count.
+    # Nesting deeper than max_depth takes twice that many brackets: short texts (events) skip the count.
     if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
     return value
