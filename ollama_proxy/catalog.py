@@ -268,7 +268,10 @@ class ModelCatalog:
 
     async def listing(self) -> list[tuple[str, ModelInfo]]:
         """Every backend model under its listed name, then every alias that points at one."""
-        snapshot = await self.snapshot()
+        return self.listed(await self.snapshot())
+
+    def listed(self, snapshot: Snapshot) -> list[tuple[str, ModelInfo]]:
+        """``listing`` for a snapshot in hand."""
         listed = [(listed_name(info.id), info) for info in snapshot.models]
         for alias, target in self.model_map.items():
             info = snapshot.by_id.get(target) or snapshot.by_key.get(lookup_key(target))

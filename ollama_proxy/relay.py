@@ -106,12 +106,39 @@ class StreamRelay(TwistedProtocol):
         if self._ending is not None:
             return
         self._arm_idle()
-        out = self._transform.feed(data)
+        if not self._request.startedWriting:
+            data = self._first_output(data)
+        out = self._transform.feed(data) if data else b""
         if out:
             self._write(out)
         if self._transform.failed:
             self._request.exchange.stream_failed = True
             self._abort(_QUIET)
+
+    def _first_output(self, data: bytes) -> bytes:
+        """Until the client has its first bytes, one backend read is fed an event at a time and the first
+        output written at once: a backend that sends a whole answer in one read (or a burst of tokens)
+        must not keep the client's first token waiting for the translation of the rest.  Returns what is
+        left of the read.  Any cut is safe: the transform decodes a stream cut anywhere."""
+        position = 0
+        while position < len(data) and not self._request.startedWriting and not self._transform.failed:
+            end = data.find(b"\n\n", position)
+            if end < 0:
+                break
+            out = self._transform.feed(data[position : end + 2])
+            position = end + 2
+            if out:
+                self._write(out)
+                self._flush_to_client()
+        return data[position:]
+
+    def _flush_to_client(self) -> None:
+        """Send what was written now, not when the reactor next polls: the rest of this read is
+        translated before that, and the first token should not wait for it."""
+        channel: Any = self._request.channel
+        send_now = getattr(getattr(channel, "transport", None), "doWrite", None)
+        if send_now is not None and getattr(channel.transport, "connected", False):
+            send_now()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         self._cancel_timers()

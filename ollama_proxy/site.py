@@ -295,6 +295,10 @@ class ProxyChannel(HTTPChannel):
 
     def connectionMade(self) -> None:
         super().connectionMade()
+        # Streams are many small writes: none may wait for the client's ACK of the one before (Nagle).
+        set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
+        if set_no_delay is not None:
+            set_no_delay(True)
         self.site.connection_opened(self)
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:

@@ -244,3 +244,16 @@ def test_a_backend_stream_that_stays_silent_is_ended_at_the_idle_timeout() -> No
     reply = running.settle(pending, within=2.0)
     # Nothing had reached the client yet, so the timeout has a status of its own.
     assert (reply.status, reply.json()) == (504, {"error": "the backend sent nothing for 20 seconds"})
+
+
+def test_api_tags_follows_every_refresh_and_model_map_reload() -> None:
+    """Its bytes are made once per model list: a new list or a new map must still show."""
+    running = daemon(models_ttl=5.0)
+    names = lambda: [m["name"] for m in running.request("GET", "/api/tags").json()["models"]]  # noqa: E731
+    assert names() == [MODEL + ":latest", "BAAI/bge-small-en-v1.5:latest"]
+    running.app.catalog.set_model_map({"qwen": MODEL})
+    assert names()[-1] == "qwen:latest"
+    running.backend.models.append("new/model")
+    assert "new/model:latest" not in names()  # the cached list is still fresh
+    running.advance(5.0, step=1.0)
+    assert "new/model:latest" in names()

@@ -6,6 +6,8 @@ the cached backend model list and never from canned text.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.web.resource import IResource
 
 from ollama_proxy.catalog import ModelCatalog, local_offset
@@ -15,7 +17,7 @@ from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate import models
 from ollama_proxy.translate.timestamps import ZERO_TIME, rfc3339_local
 from ollama_proxy.web import Handler, JSONResource, NotFoundResource, read_json
-from ollama_proxy.wire.answer import text_answer
+from ollama_proxy.wire.answer import json_answer, text_answer
 
 
 class RootResource(JSONResource):
@@ -43,14 +45,30 @@ class VersionResource(Handler):
 
 
 class TagsResource(Handler):
+    """``/api/tags``, the call every client makes first and often: its bytes are made once per model
+    list (each refresh, each model-map reload), not once per request."""
+
+    def __init__(self, app: Any) -> None:
+        super().__init__(app)
+        self._made_from: tuple[object, object] | None = None
+        self._answer = json_answer({"models": []})
+
     async def on_get(self, request: ProxyRequest) -> None:
         catalog: ModelCatalog = self.app.catalog
-        started = self.app.started_at
-        entries = [
-            models.tags_entry(name, info, modified_at(info, started))
-            for name, info in await catalog.listing()
-        ]
-        request.send_json({"models": entries})
+        snapshot = await catalog.snapshot()
+        if (
+            self._made_from is None
+            or self._made_from[0] is not snapshot
+            or self._made_from[1] is not catalog.model_map
+        ):
+            started = self.app.started_at
+            entries = [
+                models.tags_entry(name, info, modified_at(info, started))
+                for name, info in catalog.listed(snapshot)
+            ]
+            self._answer = json_answer({"models": entries})
+            self._made_from = (snapshot, catalog.model_map)
+        request.send(self._answer)
 
 
 class ShowResource(Handler):
