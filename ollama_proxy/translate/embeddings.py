@@ -57,17 +57,17 @@ def embeddings_request(model_id: str, inputs: Sequence[str]) -> dict[str, Any]:
     return {"model": model_id, "input": list(inputs)}
 
 
+_NUMBERS = frozenset({float, int})  # not bool: True is no coordinate
+
+
 def _vector(value: Any) -> list[float]:
-    if not isinstance(value, list) or not value:
+    """A backend vector, checked and as floats, without a Python step per number: a vector is hundreds
+    to thousands of them, and a request may carry hundreds of vectors."""
+    if not isinstance(value, list) or not value or not set(map(type, value)) <= _NUMBERS:
         raise ValueError("backend embedding is not a list of numbers")
-    out: list[float] = []
-    for number in value:
-        if isinstance(number, bool) or not isinstance(number, (int, float)):
-            raise ValueError("backend embedding is not a list of numbers")
-        if not math.isfinite(number):
-            raise ValueError("embedding contains NaN or Inf values")
-        out.append(float(number))
-    return out
+    if not math.isfinite(math.hypot(*value)):  # NaN or infinity anywhere makes the norm so
+        raise ValueError("embedding contains NaN or Inf values")
+    return list(map(float, value))
 
 
 def parse_embeddings(body: Any, expected: int) -> tuple[list[list[float]], int | None]:
@@ -100,13 +100,12 @@ def parse_embeddings(body: Any, expected: int) -> tuple[list[list[float]], int |
 
 
 def l2_normalize(vector: Sequence[float]) -> list[float]:
-    """``vector / ‖vector‖`` (Ollama's ``normalize``); raises ValueError on NaN or infinity."""
-    total = 0.0
-    for value in vector:
-        if not math.isfinite(value):
-            raise ValueError("embedding contains NaN or Inf values")
-        total += value * value
-    scale = 1.0 / max(math.sqrt(total), MIN_NORM)
+    """``vector / ‖vector‖`` (Ollama's ``normalize``); raises ValueError on NaN or infinity.  The norm is
+    computed in C (``math.hypot``), which also finds a NaN or an infinity anywhere."""
+    norm = math.hypot(*vector)
+    if not math.isfinite(norm):
+        raise ValueError("embedding contains NaN or Inf values")
+    scale = 1.0 / max(norm, MIN_NORM)
     return [value * scale for value in vector]
 
 
