@@ -315,10 +315,15 @@ class BackendClient:
         self._urls: dict[str, EncodedURL] = {}
 
     def url(self, path: str) -> EncodedURL:
-        """The backend URL for ``path``, parsed once per path (parsing showed up in the profile)."""
+        """The backend URL for ``path``, parsed once per path (parsing showed up in the profile).
+
+        ``path`` is relative to the base URL (``models`` is ``…/v1/models``); one that starts with ``/`` is
+        from the server's root, the base URL without its ``/v1``, where llama.cpp keeps ``/props``.
+        """
         found = self._urls.get(path)
         if found is None:
-            found = EncodedURL.from_text(f"{self.base_url}/{path.lstrip('/')}")
+            base = self.base_url.removesuffix("/v1") if path.startswith("/") else self.base_url
+            found = EncodedURL.from_text(f"{base}/{path.lstrip('/')}")
             if len(self._urls) < MAX_CACHED_URLS:  # pass-through paths are the client's to choose
                 self._urls[path] = found
         return found

@@ -24,7 +24,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Literal, cast
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -337,6 +337,13 @@ class FakeBackend:
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS[flavour])
         self.api_key = api_key
         self.embedding_dim = embedding_dim
+        # The context of every model, in the fake's tokens (words): vLLM's max_model_len, llama.cpp's n_ctx.
+        self.max_model_len = 8192
+        # llama.cpp's GET /props, per model: what the default (a model whose template shows no tools and
+        # no reasoning, like SmolLM2's) is replaced with, key by key.
+        self.props: dict[str, dict[str, Any]] = {}
+        # Seconds before /props answers (a server busy loading, or hung).
+        self.props_delay = 0.0
         self.requests: list[Recorded] = []
         self.script: ChatScript = ChatScript()
         self.disconnects = 0
@@ -584,6 +591,8 @@ class FakeBackend:
             return handler(request, rec)
         if path.startswith("/v1/models/") and method == "GET":
             return self._model(request, unquote(path[len("/v1/models/") :]))
+        if path == "/props" and method == "GET" and self.flavour == "llamacpp":
+            return self._props(request, rec)
         return self._error(request, 404, f"Not Found: {rec.path}", "NotFoundError")
 
     def _send_failure(self, request: Request, failure: _Failure) -> bytes:
@@ -638,7 +647,7 @@ class FakeBackend:
                 "owned_by": "vllm",
                 "root": model,
                 "parent": None,
-                "max_model_len": 8192,
+                "max_model_len": self.max_model_len,
                 "permission": [
                     {
                         "id": f"modelperm-fake{index:04d}",
@@ -668,6 +677,7 @@ class FakeBackend:
             "meta": {
                 "vocab_type": 2,
                 "n_vocab": 49152,
+                "n_ctx": self.max_model_len,
                 "n_ctx_train": 8192,
                 "n_embd": 576,
                 "n_params": 134515008,
@@ -770,6 +780,56 @@ class FakeBackend:
         if model_id not in self.models:
             return self._unknown_model(request, model_id)
         return self._json(request, 200, self.model_entry(self.models.index(model_id), model_id))
+
+    # -- llama.cpp's /props ----------------------------------------------------------------------
+    def props_body(self, model: str) -> dict[str, Any]:
+        """What llama.cpp's server says of the model it serves (its shape as of 2026), SmolLM2-like unless
+        ``self.props`` says otherwise for the model."""
+        body: dict[str, Any] = {
+            "default_generation_settings": {
+                "params": {"temperature": 0.8, "top_k": 40, "n_predict": -1, "stop": []},
+                "n_ctx": self.max_model_len,
+            },
+            "total_slots": 1,
+            "model_alias": model,
+            "model_path": f"/models/{model}.gguf",
+            "modalities": {"vision": False, "video": False, "audio": False},
+            "chat_template": (
+                "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+                " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+                "{{ '<|im_start|>assistant\n' }}{% endif %}"
+            ),
+            "chat_template_caps": {
+                "supports_parallel_tool_calls": False,
+                "supports_preserve_reasoning": False,
+                "supports_reasoning_effort": False,
+                "supports_system_role": True,
+                "supports_tool_calls": False,
+                "supports_tools": False,
+            },
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "build_info": "b0-fake",
+        }
+        body.update(self.props.get(model, {}))
+        return body
+
+    def _props(self, request: Request, rec: Recorded) -> bytes | int:
+        # One model per server: the ?model= of router mode names it or is left out.
+        asked = parse_qs(rec.query.decode("utf-8", "replace")).get("model")
+        model = asked[0] if asked else self.models[0]
+        if model not in self.models:
+            return self._unknown_model(request, model)
+        if self.props_delay > 0:
+            payload = _dumps(self.props_body(model))
+
+            def respond() -> bytes:
+                request.setHeader(b"content-type", b"application/json")
+                return payload
+
+            self._delay_response(request, self.props_delay, respond)
+            return NOT_DONE_YET
+        return self._json(request, 200, self.props_body(model))
 
     # -- chat and completions ------------------------------------------------------------------
     def _chat(self, request: Request, rec: Recorded) -> bytes | int:
