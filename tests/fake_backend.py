@@ -1211,12 +1211,20 @@ class FakeBackend:
         dimensions = body.get("dimensions")
         if dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
             return self._error(request, 400, "dimensions must be a positive integer", "BadRequestError")
+        truncation = self._truncation(body)
+        if isinstance(truncation, str):
+            return self._error(request, 400, truncation, "BadRequestError")
         encoding = body.get("encoding_format") or "float"
         data = []
         tokens = 0
         for i, item in enumerate(inputs):
+            if isinstance(item, str) and truncation is not None:
+                item = " ".join(item.split()[-truncation:])  # vLLM keeps the last tokens
             text = item if isinstance(item, str) else json.dumps(item)
-            tokens += max(1, len(text.split())) if isinstance(item, str) else max(1, len(item))
+            count = max(1, len(text.split())) if isinstance(item, str) else max(1, len(item))
+            if count > self.max_model_len and self.flavour in ("vllm", "openai"):
+                return self._error(request, 400, self._too_long(count), "BadRequestError")
+            tokens += count
             vector = self.embedding_for(text, dimensions)
             embedding: list[float] | str = vector
             if encoding == "base64":
@@ -1243,6 +1251,32 @@ class FakeBackend:
             self._delay_response(request, header_delay, respond)
             return NOT_DONE_YET
         return self._json(request, 200, out)
+
+    def _truncation(self, body: dict[str, Any]) -> int | str | None:
+        """vLLM's ``truncate_prompt_tokens`` (-1: the model's length): how many to keep, an error, or None."""
+        value = body.get("truncate_prompt_tokens")
+        if value is None or self.flavour != "vllm":
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1 or value == 0:
+            return "truncate_prompt_tokens must be -1 or a positive integer"
+        if value > self.max_model_len:
+            return (
+                f"truncate_prompt_tokens value ({value}) is greater than max_model_len "
+                f"({self.max_model_len}). Please, select a smaller truncation size."
+            )
+        return self.max_model_len if value == -1 else value
+
+    def _too_long(self, count: int) -> str:
+        if self.flavour == "openai":
+            return (
+                f"This model's maximum context length is {self.max_model_len} tokens, however you requested "
+                f"{count} tokens ({count} in your prompt; 0 for the completion). Please reduce your prompt; "
+                "or completion length."
+            )
+        return (
+            f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+            f"{count} tokens in the input for embedding generation. Please reduce the length of the input."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
