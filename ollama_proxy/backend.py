@@ -125,9 +125,17 @@ class _BodyReader(TwistedProtocol):
     backend sends nothing for ``idle`` seconds, or when the whole read takes longer than ``total``."""
 
     def __init__(
-        self, done: Deferred[bytes], clock: IReactorTime, limit: int, idle: float, total: float
+        self,
+        done: Deferred[bytes],
+        clock: IReactorTime,
+        limit: int,
+        idle: float,
+        total: float,
+        each: Callable[[bytes], object] | None = None,
     ) -> None:
         self._done = done
+        # Given, each part goes there as it arrives rather than into the collected body.
+        self._each = each
         self._clock = clock
         self._limit = limit
         self._idle_seconds = idle
@@ -144,7 +152,10 @@ class _BodyReader(TwistedProtocol):
         if self._size > self._limit:
             self.abort(BackendError(f"backend reply larger than {self._limit} bytes"))
             return
-        self._parts.append(data)
+        if self._each is None:
+            self._parts.append(data)
+        else:
+            self._each(data)
         if self._idle.active():
             self._idle.reset(self._idle_seconds)
 
@@ -315,10 +326,15 @@ class BackendClient:
         self._urls: dict[str, EncodedURL] = {}
 
     def url(self, path: str) -> EncodedURL:
-        """The backend URL for ``path``, parsed once per path (parsing showed up in the profile)."""
+        """The backend URL for ``path``, parsed once per path (parsing showed up in the profile).
+
+        ``path`` is relative to the base URL (``models`` is ``…/v1/models``); one that starts with ``/`` is
+        from the server's root, the base URL without its ``/v1``, where llama.cpp keeps ``/props``.
+        """
         found = self._urls.get(path)
         if found is None:
-            found = EncodedURL.from_text(f"{self.base_url}/{path.lstrip('/')}")
+            base = self.base_url.removesuffix("/v1") if path.startswith("/") else self.base_url
+            found = EncodedURL.from_text(f"{base}/{path.lstrip('/')}")
             if len(self._urls) < MAX_CACHED_URLS:  # pass-through paths are the client's to choose
                 self._urls[path] = found
         return found
@@ -511,14 +527,23 @@ class BackendClient:
         message = self.scrubber.scrub(error_message(body, response.code))
         raise BackendRejected.from_backend(message, response.code)
 
-    async def read_body(self, response: IResponse, limit: int) -> bytes:
+    async def read_body(
+        self, response: IResponse, limit: int, *, each: Callable[[bytes], object] | None = None
+    ) -> bytes:
         """The whole body, up to ``limit`` bytes, within ``body_idle_timeout`` between reads and
         ``body_timeout`` in all (the connection is dropped beyond any of them): a backend that sends its
-        headers and then stalls cannot hold a request, or the model-list refresh, for ever."""
+        headers and then stalls cannot hold a request, or the model-list refresh, for ever.
+
+        With ``each``, every part is handed to it as it arrives instead, and ``b""`` returned: for a
+        stream read whole, where when each part came matters.
+        """
         if isinstance(response, ReadResponse):
+            if each is not None:
+                each(response.body)
+                return b""
             return response.body
         done: Deferred[bytes] = Deferred(lambda _: reader.abort(None))
-        reader = _BodyReader(done, self._clock, limit, self.body_idle_timeout, self.body_timeout)
+        reader = _BodyReader(done, self._clock, limit, self.body_idle_timeout, self.body_timeout, each)
         response.deliverBody(reader)
         return await done
 

@@ -7,6 +7,16 @@ backend a moment ago is found without waiting for the cache to expire.
 Name rules (the same on every endpoint): a model-map alias first, then the backend id exactly, then
 case-insensitively; ``NAME`` and ``NAME:latest`` are the same model; ids that contain ``:`` themselves
 (OpenRouter's ``...:free``) match exactly before any tag is stripped.
+
+What else the catalog learns of a model:
+
+* From a llama.cpp backend (dialect ``llamacpp``), ``GET /props?model=ID`` at the server's root for each
+  model it lists as loaded (an entry without a ``status``, or ``loaded`` in router mode, so that asking
+  never loads one), folded in by :func:`~ollama_proxy.translate.models.props_facts`.  It only adds
+  detail: it is bounded by :data:`PROPS_TIMEOUT`, tried once, and any failure leaves the model as
+  ``/models`` describes it; a backend that answers 404 (a server that has no ``/props``) is not asked again.
+* From replies: a model that has answered with reasoning (:meth:`ModelCatalog.note_reasoning`) is
+  ``thinking``-capable from then on, across refreshes, for as long as the daemon runs.
 """
 
 from __future__ import annotations
@@ -16,6 +26,7 @@ import math
 import time
 from collections.abc import Mapping, Sequence
 from typing import Any
+from urllib.parse import quote
 
 import attrs
 from twisted.internet import defer
@@ -25,8 +36,17 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 
 from ollama_proxy.backend import BackendClient
-from ollama_proxy.errors import BackendError, BackendTimeout, ModelNotFound, Overloaded
-from ollama_proxy.translate.models import ModelInfo, ModelOverride, listed_name, lookup_key, model_info
+from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, ModelNotFound, Overloaded
+from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.models import (
+    BackendFacts,
+    ModelInfo,
+    ModelOverride,
+    listed_name,
+    lookup_key,
+    model_info,
+    props_facts,
+)
 from ollama_proxy.translate.timestamps import parse_go_duration
 
 log = Logger(namespace="ollama_proxy.catalog")
@@ -37,6 +57,8 @@ MISS_REFRESH_INTERVAL = 1.0
 DEFAULT_KEEP_ALIVE = 300.0
 # Ollama's "forever" (a negative keep_alive) shows as a date far in the future.
 FOREVER_SECONDS = 100 * 365 * 24 * 3600.0
+# How long llama.cpp's /props may take, per model, before the model is described without it.
+PROPS_TIMEOUT = 5.0
 
 
 @attrs.frozen
@@ -84,14 +106,18 @@ class _Listing:
     entries: Mapping[str, Mapping[str, Any]]
 
 
-def _merge(listings: list[tuple[BackendClient, _Listing]]) -> Snapshot:
+def _merge(
+    listings: list[tuple[BackendClient, _Listing]], thinking: frozenset[str] = frozenset()
+) -> Snapshot:
+    """One snapshot of every backend's list; the ids in ``thinking`` (seen reasoning) gain ``thinking``."""
     models: list[ModelInfo] = []
     by_id: dict[str, ModelInfo] = {}
     by_key: dict[str, ModelInfo] = {}
     entries: dict[str, Mapping[str, Any]] = {}
     servers: dict[str, tuple[BackendClient, ...]] = {}
     for client, listing in listings:
-        for info in listing.models:
+        for listed in listing.models:
+            info = listed.with_capability("thinking") if listed.id in thinking else listed
             servers[info.id] = (*servers.get(info.id, ()), client)
             if info.id in by_id:
                 continue  # the first backend's description of a shared model stands for all
@@ -136,6 +162,9 @@ class ModelCatalog:
         self.model_map: Mapping[str, str] = {}
         self._aliases: dict[str, str] = {}
         self.set_model_map(model_map)
+        # Backend ids seen answering with reasoning (note_reasoning), and backends without /props.
+        self._reasoning: set[str] = set()
+        self._without_props: set[BackendClient] = set()
 
     def set_model_map(self, model_map: Mapping[str, str]) -> None:
         """Swap in a new alias table atomically (requests in flight keep the backend id they resolved)."""
@@ -161,6 +190,19 @@ class ModelCatalog:
         if exact is not None:
             found = exact if found is None else exact.merged_over(found)
         return found
+
+    def note_reasoning(self, model_id: str) -> None:
+        """A reply of this backend model carried reasoning: it is ``thinking``-capable from now on (an
+        override that lists its capabilities still has the last word)."""
+        if model_id in self._reasoning:
+            return
+        self._reasoning.add(model_id)
+        if self._snapshot is not None:
+            self._snapshot = self._merged()
+
+    def _merged(self) -> Snapshot:
+        answered = [(client, self._listings[client]) for client in self.backends if client in self._listings]
+        return _merge(answered, frozenset(self._reasoning))
 
     async def snapshot(self, *, max_age: float | None = None) -> Snapshot:
         """The cached lists if younger than ``max_age`` (default: the TTL), else fresh ones.
@@ -216,10 +258,9 @@ class ModelCatalog:
             else:
                 self.errors[client] = getattr(outcome, "message", str(outcome))
                 first_error = first_error or outcome
-        answered = [(client, self._listings[client]) for client in self.backends if client in self._listings]
-        if not answered and first_error is not None:
+        if not any(client in self._listings for client in self.backends) and first_error is not None:
             raise first_error
-        return _merge(answered)
+        return self._merged()
 
     async def _fetch(self, client: BackendClient) -> _Listing | BaseException:
         fetching = ensureDeferred(client.get_json("models")).addTimeout(self._fetch_timeout, self._clock)
@@ -232,18 +273,48 @@ class ModelCatalog:
         entries: Any = body.get("data") if isinstance(body, dict) else body
         if not isinstance(entries, list):
             return BackendError("backend /models reply has no model list")
+        served = [
+            entry
+            for entry in entries
+            if isinstance(entry, dict) and isinstance(entry.get("id"), str) and client.serves(entry["id"])
+        ]
+        facts: list[BackendFacts | None] = [None] * len(served)
+        if client.dialect is Dialect.LLAMACPP:
+            asked = [ensureDeferred(self._props(client, entry)) for entry in served]
+            try:
+                facts = await gatherResults(asked, consumeErrors=True)
+            except FirstError as error:  # only cancellation gets here: _props answers failures with None
+                error.subFailure.raiseException()
         models = []
         raw: dict[str, Mapping[str, Any]] = {}
-        for entry in entries:
-            if isinstance(entry, dict):
-                entry_id = entry.get("id")
-                if not isinstance(entry_id, str) or not client.serves(entry_id):
-                    continue
-                info = model_info(entry, self.override_for(entry_id))
-                if info is not None:
-                    models.append(info)
-                    raw.setdefault(info.id, entry)
+        for entry, found in zip(served, facts, strict=True):
+            info = model_info(entry, self.override_for(entry["id"]), found)
+            if info is not None:
+                models.append(info)
+                raw.setdefault(info.id, entry)
         return _Listing(self._clock.seconds(), tuple(models), raw)
+
+    async def _props(self, client: BackendClient, entry: Mapping[str, Any]) -> BackendFacts | None:
+        """What llama.cpp's ``/props`` says of one loaded model; None when it says nothing (module
+        docstring: it never holds up or fails the listing)."""
+        status = entry.get("status")
+        state = status.get("value") if isinstance(status, Mapping) else status
+        if client in self._without_props or state not in (None, "loaded"):
+            return None
+
+        async def ask() -> Any:
+            path = "/props?model=" + quote(str(entry["id"]), safe="")
+            return await client.json_body(await client.request("GET", path, retry=False))
+
+        try:
+            props = await Deferred.fromCoroutine(ask()).addTimeout(PROPS_TIMEOUT, self._clock)
+        except BackendRejected as error:
+            if error.backend_status == 404:
+                self._without_props.add(client)
+            return None
+        except (BackendError, Overloaded, defer.TimeoutError):
+            return None
+        return props_facts(props) if isinstance(props, Mapping) else None
 
     def _find(self, snapshot: Snapshot, name: str) -> ModelInfo | None:
         key = lookup_key(name)

@@ -35,9 +35,11 @@ else:  # pragma: no cover - exercised only on Python 3.10
 # SYN retransmits of a second or more, so the endpoints this daemon derives ask for more.
 BACKLOG = 1024
 DEFAULT_LISTEN = f"tcp:11434:interface=127.0.0.1:backlog={BACKLOG}"
-# What /api/version reports.  VS Code Copilot refuses anything below 0.6.4; clients gate features
-# (thinking, tool_name, think levels, tool-call ids) on newer versions, so report a current release.
-DEFAULT_OLLAMA_VERSION = "0.13.5"
+# What /api/version reports: Ollama's newest release when this was written (v0.32.15, 2026-08-19).  Clients
+# gate features on it: VS Code Copilot refuses anything below 0.6.4, Codex's Responses needs 0.13.4, the
+# Ollama VS Code extension asks for 0.17.6, and thinking, tool_name, think levels and tool-call ids each
+# came with a release of their own.
+DEFAULT_OLLAMA_VERSION = "0.32.15"
 
 
 @attrs.frozen

@@ -41,6 +41,13 @@ class Unauthorized(ProxyError):
         return ((b"www-authenticate", b'Bearer realm="ollama-proxy"'),)
 
 
+class NotSignedIn(ProxyError):
+    """Ollama's answer to account calls (``/api/me``, ``/api/signout``) from a server not signed in to
+    ollama.com, which this daemon never is.  Unlike :class:`Unauthorized`, no client credential would help."""
+
+    status = 401
+
+
 class Forbidden(ProxyError):
     """A browser origin the CORS policy refuses."""
 

@@ -19,6 +19,9 @@ def build_root(app: App) -> Resource:
     root.putChild(b"api", api)
     children: dict[bytes, Resource] = {
         b"version": meta.VersionResource(app),
+        b"status": meta.StatusResource(app),
+        b"me": meta.MeResource(app),
+        b"signout": meta.SignoutResource(app),
         b"tags": meta.TagsResource(app),
         b"show": meta.ShowResource(app),
         b"ps": meta.PsResource(app),

@@ -24,7 +24,7 @@ import struct
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, Final, Literal, cast
-from urllib.parse import unquote
+from urllib.parse import parse_qs, unquote
 
 import attrs
 from twisted.internet.defer import Deferred
@@ -337,6 +337,13 @@ class FakeBackend:
         self.models: list[str] = list(models) if models is not None else list(DEFAULT_MODELS[flavour])
         self.api_key = api_key
         self.embedding_dim = embedding_dim
+        # The context of every model, in the fake's tokens (words): vLLM's max_model_len, llama.cpp's n_ctx.
+        self.max_model_len = 8192
+        # llama.cpp's GET /props, per model: what the default (a model whose template shows no tools and
+        # no reasoning, like SmolLM2's) is replaced with, key by key.
+        self.props: dict[str, dict[str, Any]] = {}
+        # Seconds before /props answers (a server busy loading, or hung).
+        self.props_delay = 0.0
         self.requests: list[Recorded] = []
         self.script: ChatScript = ChatScript()
         self.disconnects = 0
@@ -584,6 +591,8 @@ class FakeBackend:
             return handler(request, rec)
         if path.startswith("/v1/models/") and method == "GET":
             return self._model(request, unquote(path[len("/v1/models/") :]))
+        if path == "/props" and method == "GET" and self.flavour == "llamacpp":
+            return self._props(request, rec)
         return self._error(request, 404, f"Not Found: {rec.path}", "NotFoundError")
 
     def _send_failure(self, request: Request, failure: _Failure) -> bytes:
@@ -638,7 +647,7 @@ class FakeBackend:
                 "owned_by": "vllm",
                 "root": model,
                 "parent": None,
-                "max_model_len": 8192,
+                "max_model_len": self.max_model_len,
                 "permission": [
                     {
                         "id": f"modelperm-fake{index:04d}",
@@ -668,6 +677,7 @@ class FakeBackend:
             "meta": {
                 "vocab_type": 2,
                 "n_vocab": 49152,
+                "n_ctx": self.max_model_len,
                 "n_ctx_train": 8192,
                 "n_embd": 576,
                 "n_params": 134515008,
@@ -770,6 +780,56 @@ class FakeBackend:
         if model_id not in self.models:
             return self._unknown_model(request, model_id)
         return self._json(request, 200, self.model_entry(self.models.index(model_id), model_id))
+
+    # -- llama.cpp's /props ----------------------------------------------------------------------
+    def props_body(self, model: str) -> dict[str, Any]:
+        """What llama.cpp's server says of the model it serves (its shape as of 2026), SmolLM2-like unless
+        ``self.props`` says otherwise for the model."""
+        body: dict[str, Any] = {
+            "default_generation_settings": {
+                "params": {"temperature": 0.8, "top_k": 40, "n_predict": -1, "stop": []},
+                "n_ctx": self.max_model_len,
+            },
+            "total_slots": 1,
+            "model_alias": model,
+            "model_path": f"/models/{model}.gguf",
+            "modalities": {"vision": False, "video": False, "audio": False},
+            "chat_template": (
+                "{% for message in messages %}{{'<|im_start|>' + message['role'] + '\n' + message['content']"
+                " + '<|im_end|>' + '\n'}}{% endfor %}{% if add_generation_prompt %}"
+                "{{ '<|im_start|>assistant\n' }}{% endif %}"
+            ),
+            "chat_template_caps": {
+                "supports_parallel_tool_calls": False,
+                "supports_preserve_reasoning": False,
+                "supports_reasoning_effort": False,
+                "supports_system_role": True,
+                "supports_tool_calls": False,
+                "supports_tools": False,
+            },
+            "bos_token": "<|im_start|>",
+            "eos_token": "<|im_end|>",
+            "build_info": "b0-fake",
+        }
+        body.update(self.props.get(model, {}))
+        return body
+
+    def _props(self, request: Request, rec: Recorded) -> bytes | int:
+        # One model per server: the ?model= of router mode names it or is left out.
+        asked = parse_qs(rec.query.decode("utf-8", "replace")).get("model")
+        model = asked[0] if asked else self.models[0]
+        if model not in self.models:
+            return self._unknown_model(request, model)
+        if self.props_delay > 0:
+            payload = _dumps(self.props_body(model))
+
+            def respond() -> bytes:
+                request.setHeader(b"content-type", b"application/json")
+                return payload
+
+            self._delay_response(request, self.props_delay, respond)
+            return NOT_DONE_YET
+        return self._json(request, 200, self.props_body(model))
 
     # -- chat and completions ------------------------------------------------------------------
     def _chat(self, request: Request, rec: Recorded) -> bytes | int:
@@ -1151,12 +1211,20 @@ class FakeBackend:
         dimensions = body.get("dimensions")
         if dimensions is not None and (not isinstance(dimensions, int) or dimensions < 1):
             return self._error(request, 400, "dimensions must be a positive integer", "BadRequestError")
+        truncation = self._truncation(body)
+        if isinstance(truncation, str):
+            return self._error(request, 400, truncation, "BadRequestError")
         encoding = body.get("encoding_format") or "float"
         data = []
         tokens = 0
         for i, item in enumerate(inputs):
+            if isinstance(item, str) and truncation is not None:
+                item = " ".join(item.split()[-truncation:])  # vLLM keeps the last tokens
             text = item if isinstance(item, str) else json.dumps(item)
-            tokens += max(1, len(text.split())) if isinstance(item, str) else max(1, len(item))
+            count = max(1, len(text.split())) if isinstance(item, str) else max(1, len(item))
+            if count > self.max_model_len and self.flavour in ("vllm", "openai"):
+                return self._error(request, 400, self._too_long(count), "BadRequestError")
+            tokens += count
             vector = self.embedding_for(text, dimensions)
             embedding: list[float] | str = vector
             if encoding == "base64":
@@ -1183,6 +1251,32 @@ class FakeBackend:
             self._delay_response(request, header_delay, respond)
             return NOT_DONE_YET
         return self._json(request, 200, out)
+
+    def _truncation(self, body: dict[str, Any]) -> int | str | None:
+        """vLLM's ``truncate_prompt_tokens`` (-1: the model's length): how many to keep, an error, or None."""
+        value = body.get("truncate_prompt_tokens")
+        if value is None or self.flavour != "vllm":
+            return None
+        if not isinstance(value, int) or isinstance(value, bool) or value < -1 or value == 0:
+            return "truncate_prompt_tokens must be -1 or a positive integer"
+        if value > self.max_model_len:
+            return (
+                f"truncate_prompt_tokens value ({value}) is greater than max_model_len "
+                f"({self.max_model_len}). Please, select a smaller truncation size."
+            )
+        return self.max_model_len if value == -1 else value
+
+    def _too_long(self, count: int) -> str:
+        if self.flavour == "openai":
+            return (
+                f"This model's maximum context length is {self.max_model_len} tokens, however you requested "
+                f"{count} tokens ({count} in your prompt; 0 for the completion). Please reduce your prompt; "
+                "or completion length."
+            )
+        return (
+            f"This model's maximum context length is {self.max_model_len} tokens. However, you requested "
+            f"{count} tokens in the input for embedding generation. Please reduce the length of the input."
+        )
 
 
 def main(argv: list[str] | None = None) -> None:

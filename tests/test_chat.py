@@ -14,6 +14,7 @@ from treq.client import HTTPClient
 from twisted.internet import defer, task
 from twisted.internet.protocol import ClientFactory, Protocol
 
+from ollama_proxy.translate.dialect import Dialect
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.support import (
     STREAM_BODY,
@@ -65,7 +66,8 @@ async def test_sdk_chat_non_stream(proxy: RunningProxy) -> None:
     assert reply.eval_duration
     (sent,) = chat_requests(proxy.backend)
     assert sent["model"] == BACKEND_ID
-    assert sent["stream"] is False
+    # A whole reply from vLLM is assembled from its stream, where the daemon sees the first token come.
+    assert sent["stream"] is True
     assert sent["messages"] == [{"role": "user", "content": "Hi"}]
     assert "tools" not in sent  # the SDK always sends tools: [], which OpenAI rejects
 
@@ -186,7 +188,8 @@ async def test_sdk_generate(proxy: RunningProxy) -> None:
     reply = await in_thread(_sdk_generate, proxy.url, False, prompt="Say hi", system="Be brief")
     assert reply.response == "Hello!"
     assert reply.done_reason == "stop"
-    assert reply.context is None
+    assert reply.context
+    assert all(isinstance(token, int) for token in reply.context)
     parts = await in_thread(_sdk_generate, proxy.url, True, prompt="Say hi")
     assert "".join(p.response or "" for p in parts) == "Hello!"
     assert parts[-1].eval_count == 3
@@ -483,6 +486,18 @@ async def test_inline_think_tags_become_thinking_when_asked(proxy: RunningProxy)
     parts = await in_thread(_sdk_chat, proxy.url, True, think=True)
     assert "".join(p.message.thinking or "" for p in parts) == "pondering"
     assert "".join(p.message.content or "" for p in parts) == "Answer"
+    # That answer showed the model reasoning: it thinks from now on, so a request that says nothing
+    # thinks too (Ollama 0.12.4+), and think=false keeps the reasoning from the client.
+    parts = await in_thread(_sdk_chat, proxy.url, True)
+    assert "".join(p.message.thinking or "" for p in parts) == "pondering"
+    parts = await in_thread(_sdk_chat, proxy.url, True, think=False)
+    assert "".join(p.message.thinking or "" for p in parts) == ""
+    assert "".join(p.message.content or "" for p in parts) == "Answer"
+
+
+@pytest_twisted.ensureDeferred
+async def test_inline_think_tags_stay_content_on_a_model_not_known_to_think(proxy: RunningProxy) -> None:
+    proxy.backend.script = ChatScript(content=["<think>", "pondering", "</think>", "Answer"])
     parts = await in_thread(_sdk_chat, proxy.url, True)
     assert "".join(p.message.content or "" for p in parts) == "<think>pondering</think>Answer"
 
@@ -588,3 +603,207 @@ async def test_a_lone_surrogate_in_a_prompt_reaches_the_backend(
     assert response.code == 200
     await response.content()
     assert proxy.backend.requests[-1].json["messages"][-1]["content"] == "hi \ud83d"
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What current Ollama clients read: thinking, generate's context and tool calls, whole replies' durations
+# ---------------------------------------------------------------------------------------------------------
+
+THINKER = "Qwen/Qwen3-8B"  # thinking-capable by its family
+CODER = "Qwen/Qwen2.5-Coder-7B-Instruct"  # insert-capable by its family
+
+
+@pytest_twisted.async_yield_fixture
+async def families_proxy() -> AsyncIterator[RunningProxy]:
+    """The daemon before a vLLM serving a thinking model, a plain chat model and a code model."""
+    backend = FakeBackend("vllm", models=[THINKER, BACKEND_ID, CODER])
+    await backend.listen(reactor())
+    running = await start_proxy(backend, backend.base_url, dialect=Dialect.VLLM)
+    yield running
+    await running.service.stopService()
+    await backend.stop()
+
+
+def _reasoning_anyway(delivery: str) -> ChatScript:
+    """A backend that reasons whatever it was asked: in a reasoning field, or inline (no parser)."""
+    if delivery == "field":
+        return ChatScript(reasoning=["ponder", "ing"], content=["Answer"])
+    return ChatScript(content=["<think>", "ponder", "ing", "</think>", "\n\nAnswer"])
+
+
+async def _chat_lines(http: HTTPClient, url: str, body: dict[str, Any]) -> list[dict[str, Any]]:
+    response = await http.post(url + "/api/chat", json=body)
+    assert response.code == 200
+    raw = await response.content()
+    return [json.loads(line) for line in raw.splitlines()] if body.get("stream", True) else [json.loads(raw)]
+
+
+@pytest.mark.parametrize(
+    ("think", "effort"),
+    [(None, "medium"), (True, "medium"), ("high", "high"), (False, None)],
+    ids=["omitted", "true", "high", "false"],
+)
+@pytest.mark.parametrize("delivery", ["field", "inline"])
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest_twisted.ensureDeferred
+async def test_think_as_ollama_does_with_a_backend_that_reasons_anyway(
+    families_proxy: RunningProxy,
+    http: HTTPClient,
+    think: bool | str | None,
+    effort: str | None,
+    delivery: str,
+    stream: bool,
+) -> None:
+    """Ollama 0.12.4+: on a thinking-capable model an absent ``think`` is thinking on; ``false`` lets no
+    reasoning reach the client, whatever the backend sends; levels as before."""
+    families_proxy.backend.script = _reasoning_anyway(delivery)
+    body: dict[str, Any] = {
+        "model": THINKER,
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": stream,
+    }
+    if think is not None:
+        body["think"] = think
+    lines = await _chat_lines(http, families_proxy.url, body)
+    thinking = "".join(line["message"].get("thinking", "") for line in lines)
+    assert "".join(line["message"]["content"] for line in lines) == "Answer"
+    sent = chat_requests(families_proxy.backend)[-1]
+    if effort is None:
+        assert all("thinking" not in line["message"] for line in lines)
+        assert sent["chat_template_kwargs"] == {"enable_thinking": False}
+        assert "reasoning_effort" not in sent
+    else:
+        assert thinking == "pondering"
+        assert sent["chat_template_kwargs"] == {"enable_thinking": True}
+        assert sent["reasoning_effort"] == effort
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_model_that_answered_with_reasoning_thinks_from_then_on(
+    families_proxy: RunningProxy, http: HTTPClient
+) -> None:
+    show = await read_json(await http.post(families_proxy.url + "/api/show", json={"model": BACKEND_ID}))
+    assert "thinking" not in show["capabilities"]
+    families_proxy.backend.script = _reasoning_anyway("field")
+    (reply,) = await _chat_lines(
+        http,
+        families_proxy.url,
+        {"model": BACKEND_ID, "messages": [{"role": "user", "content": "x"}], "stream": False},
+    )
+    assert reply["message"]["thinking"] == "pondering"  # relayed, though nobody asked
+    assert "chat_template_kwargs" not in chat_requests(families_proxy.backend)[-1]
+    # A refresh of the model list keeps what was learnt.
+    await families_proxy.service.app.catalog.snapshot(max_age=0)
+    show = await read_json(await http.post(families_proxy.url + "/api/show", json={"model": BACKEND_ID}))
+    assert "thinking" in show["capabilities"]
+    assert ".Thinking" in show["template"]  # Ollama's own test for a thinking template
+    await _chat_lines(
+        http, families_proxy.url, {"model": BACKEND_ID, "messages": [{"role": "user", "content": "y"}]}
+    )
+    assert chat_requests(families_proxy.backend)[-1]["chat_template_kwargs"] == {"enable_thinking": True}
+
+
+def _generate_context_round_trip(url: str, stream: bool) -> tuple[Any, Any]:
+    client = ollama.Client(host=url)
+
+    def final(prompt: str, **kwargs: Any) -> Any:
+        if stream:
+            return list(client.generate(model=BACKEND_ID, prompt=prompt, stream=True, **kwargs))[-1]
+        return client.generate(model=BACKEND_ID, prompt=prompt, **kwargs)
+
+    first = final("My name is Ada.", system="Be brief.")
+    second = final("What is my name?", context=first.context)
+    return first, second
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+@pytest_twisted.ensureDeferred
+async def test_a_generate_context_sent_back_continues_the_conversation(
+    families_proxy: RunningProxy, stream: bool
+) -> None:
+    first, second = await in_thread(_generate_context_round_trip, families_proxy.url, stream)
+    assert first.context
+    assert second.context
+    *_, sent = chat_requests(families_proxy.backend)
+    assert sent["messages"] == [
+        {"role": "system", "content": "Be brief."},
+        {"role": "user", "content": "My name is Ada."},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": "What is my name?"},
+    ]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_context_the_daemon_did_not_make_is_a_clear_400(families_proxy: RunningProxy) -> None:
+    with pytest.raises(ollama.ResponseError) as caught:
+        await in_thread(_sdk_generate_on, families_proxy.url, BACKEND_ID, prompt="x", context=[1, 2, 3])
+    assert caught.value.status_code == 400
+    assert caught.value.error.startswith("invalid context: it was not made by this server")
+
+
+def _sdk_generate_on(url: str, model: str, **kwargs: Any) -> Any:
+    return ollama.Client(host=url).generate(model=model, **kwargs)
+
+
+@pytest.mark.parametrize("stream", [True, False], ids=["stream", "whole"])
+@pytest_twisted.ensureDeferred
+async def test_generate_replies_relay_tool_calls(
+    families_proxy: RunningProxy, http: HTTPClient, stream: bool
+) -> None:
+    families_proxy.backend.script = ChatScript(
+        content=[],
+        tool_calls=[{"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'}],
+        finish_reason="tool_calls",
+    )
+    response = await http.post(
+        families_proxy.url + "/api/generate",
+        json={"model": BACKEND_ID, "prompt": "Weather?", "stream": stream},
+    )
+    lines = [json.loads(line) for line in (await response.content()).splitlines()]
+    calls = [call for line in lines for call in line.get("tool_calls", [])]
+    assert calls == [
+        {"id": "call_1", "function": {"index": 0, "name": "get_weather", "arguments": {"city": "Paris"}}}
+    ]
+    assert lines[-1]["done"] is True
+
+
+@pytest.mark.parametrize("endpoint", ["chat", "generate"])
+@pytest_twisted.ensureDeferred
+async def test_whole_replies_carry_prompt_eval_and_load_durations(
+    families_proxy: RunningProxy, endpoint: str
+) -> None:
+    """Measured as a stream's: vLLM's whole reply is its stream folded, so the first token is seen."""
+    families_proxy.backend.script = ChatScript(content=["Hel", "lo", "!"], event_delay=0.02)
+    if endpoint == "chat":
+        reply = await in_thread(_sdk_chat_on, families_proxy.url, BACKEND_ID)
+        assert reply.message.content == "Hello!"
+    else:
+        reply = await in_thread(_sdk_generate_on, families_proxy.url, BACKEND_ID, prompt="Hi")
+        assert reply.response == "Hello!"
+    assert (reply.prompt_eval_count, reply.eval_count) == (12, 3)
+    assert reply.load_duration
+    assert reply.prompt_eval_duration
+    assert reply.eval_duration
+    assert reply.eval_duration >= 40_000_000  # two 20 ms gaps after the first token
+    assert (
+        reply.total_duration >= reply.load_duration + reply.prompt_eval_duration + reply.eval_duration - 1000
+    )
+
+
+def _sdk_chat_on(url: str, model: str, **kwargs: Any) -> Any:
+    return ollama.Client(host=url).chat(model=model, messages=[{"role": "user", "content": "Hi"}], **kwargs)
+
+
+@pytest_twisted.ensureDeferred
+async def test_fill_in_the_middle_on_vllm_is_written_with_the_models_tokens(
+    families_proxy: RunningProxy,
+) -> None:
+    """vLLM refuses ``suffix``; Continue sends it to an ``insert`` model, so the daemon writes the prompt."""
+    families_proxy.backend.script = ChatScript(content=["    c = a + b"])
+    reply = await in_thread(
+        _sdk_generate_on, families_proxy.url, CODER, prompt="def add(a, b):\n", suffix="\n    return c\n"
+    )
+    assert reply.response == "    c = a + b"
+    (sent,) = [r.json for r in families_proxy.backend.requests if r.path == "/v1/completions"]
+    assert sent["prompt"] == "<|fim_prefix|>def add(a, b):\n<|fim_suffix|>\n    return c\n<|fim_middle|>"
+    assert "suffix" not in sent

@@ -13,19 +13,21 @@ from hypothesis import assume, given
 from hypothesis import strategies as st
 from treq.client import HTTPClient
 
+from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.embeddings import (
     batches,
     embed_inputs,
     embed_reply,
     embeddings_reply,
     embeddings_request,
+    exceeds_context,
     l2_normalize,
     parse_embeddings,
     shape_vector,
     sum_tokens,
 )
 from tests.fake_backend import FakeBackend
-from tests.support import RunningProxy, in_thread, read_json, start_proxy
+from tests.support import RunningProxy, in_thread, reactor, read_json, start_proxy
 
 EMBEDDER = "BAAI/bge-small-en-v1.5"
 CHAT_ID = "Qwen/Qwen2.5-7B-Instruct"
@@ -84,7 +86,46 @@ def test_batching_preserves_order_and_bounds_sizes(items: list[str], size: int) 
 
 
 def test_embeddings_request_always_sends_a_list() -> None:
-    assert embeddings_request("m", ("a",)) == {"model": "m", "input": ["a"]}
+    for dialect in Dialect:
+        body = embeddings_request("m", ("a",), dialect=dialect, truncate=False, context_length=512)
+        assert body == {"model": "m", "input": ["a"]}
+
+
+@pytest.mark.parametrize(
+    ("dialect", "truncate", "context_length", "extra"),
+    [
+        (Dialect.VLLM, True, 512, {"truncate_prompt_tokens": 512}),
+        (Dialect.VLLM, False, 512, {}),
+        (Dialect.VLLM, True, None, {}),  # no length known: nothing to truncate to
+        (Dialect.LLAMACPP, True, 512, {}),
+        (Dialect.OPENAI, True, 8191, {}),
+        (Dialect.OPENROUTER, True, 8191, {}),
+    ],
+)
+def test_truncation_is_asked_where_the_dialect_has_it(
+    dialect: Dialect, truncate: bool, context_length: int | None, extra: dict[str, Any]
+) -> None:
+    body = embeddings_request("m", ["a"], dialect=dialect, truncate=truncate, context_length=context_length)
+    assert body == {"model": "m", "input": ["a"], **extra}
+
+
+@pytest.mark.parametrize(
+    ("message", "too_long"),
+    [
+        (
+            "This model's maximum context length is 512 tokens. However, you requested 600 tokens in the "
+            "input for embedding generation. Please reduce the length of the input.",
+            True,
+        ),
+        ("input (600 tokens) is too large to process. increase the physical batch size", True),
+        ("Input validation error: `inputs` must have less than 512 tokens. Given: 600", True),
+        ("input is too long", True),
+        ("dimensions must be a positive integer", False),
+        ("The model `x` does not exist.", False),
+    ],
+)
+def test_backends_refusing_an_over_long_input_are_recognised(message: str, too_long: bool) -> None:
+    assert exceeds_context(message) is too_long
 
 
 def _reply(vectors: list[Any], order: list[int] | None = None, usage: Any = None) -> dict[str, Any]:
@@ -202,7 +243,13 @@ def test_embed_reply_leaves_out_unknown_metrics(
     reply = embed_reply("m", [[1.0]], total_ns=total_ns, prompt_tokens=tokens)
     assert reply == expected
     assert list(reply) == list(expected)  # Ollama's key order
-    assert "load_duration" not in reply  # never measured here, as for chat
+    assert "load_duration" not in reply  # not measured: not given
+
+
+def test_embed_reply_load_duration_sits_in_ollamas_order() -> None:
+    reply = embed_reply("m", [[1.0]], total_ns=1000, load_ns=0, prompt_tokens=2)
+    assert list(reply) == ["model", "embeddings", "total_duration", "load_duration", "prompt_eval_count"]
+    assert reply["load_duration"] == 1  # at least 1 ns, as every duration here
 
 
 def test_embeddings_reply() -> None:
@@ -260,9 +307,11 @@ async def test_sdk_embed_returns_unit_vectors_in_order(proxy: RunningProxy) -> N
     assert reply.prompt_eval_count == 4  # the fake counts words: 3 + 1
     assert reply.total_duration
     assert reply.total_duration > 0
-    assert reply.load_duration is None
+    assert reply.load_duration
+    assert reply.total_duration > reply.load_duration > 0
     (sent,) = embedding_calls(proxy.backend)
-    assert sent == {"model": EMBEDDER, "input": texts}
+    # truncate defaults to true, as in Ollama: vLLM is asked to truncate to the model's context.
+    assert sent == {"model": EMBEDDER, "input": texts, "truncate_prompt_tokens": 8192}
 
 
 @pytest_twisted.ensureDeferred
@@ -281,7 +330,8 @@ async def test_sdk_embed_a_string_with_dimensions(proxy: RunningProxy) -> None:
     assert len(vector) == 4
     assert close(list(vector), expected(proxy.backend, "one text", 4))
     (sent,) = embedding_calls(proxy.backend)
-    assert sent == {"model": EMBEDDER, "input": ["one text"]}  # dimensions applied here, not by the backend
+    # dimensions applied here, not by the backend
+    assert sent == {"model": EMBEDDER, "input": ["one text"], "truncate_prompt_tokens": 8192}
     ps = await in_thread(lambda: ollama.Client(host=proxy.url).ps())
     assert [m.model for m in ps.models] == [f"{EMBEDDER}:latest"]
 
@@ -396,9 +446,9 @@ async def test_backend_404_names_the_model(
 @pytest_twisted.ensureDeferred
 async def test_backend_errors_keep_their_status_and_message(proxy: RunningProxy, http: HTTPClient) -> None:
     await http.get(proxy.url + "/api/tags")
-    proxy.backend.fail_next(400, {"error": {"message": "input is too long", "type": "BadRequestError"}})
+    proxy.backend.fail_next(400, {"error": {"message": "no such pooling", "type": "BadRequestError"}})
     response = await http.post(proxy.url + "/api/embed", json={"model": EMBEDDER, "input": "x"})
-    assert (response.code, await read_json(response)) == (400, {"error": "input is too long"})
+    assert (response.code, await read_json(response)) == (400, {"error": "no such pooling"})
 
 
 @pytest.mark.parametrize(
@@ -426,3 +476,55 @@ async def test_the_sdk_sees_ollamas_errors(proxy: RunningProxy) -> None:
     with pytest.raises(ollama.ResponseError) as caught:
         await in_thread(_embed, proxy.url, model="nope", input="x")
     assert (caught.value.status_code, caught.value.error) == (404, "model 'nope' not found")
+
+
+@pytest_twisted.ensureDeferred
+async def test_truncate_false_gives_ollamas_error_for_an_over_long_input(proxy: RunningProxy) -> None:
+    proxy.backend.max_model_len = 5
+    with pytest.raises(ollama.ResponseError) as caught:
+        await in_thread(
+            _embed, proxy.url, model=EMBEDDER, input="one two three four five six", truncate=False
+        )
+    assert (caught.value.status_code, caught.value.error) == (
+        400,
+        "the input length exceeds the context length",
+    )
+    assert "truncate_prompt_tokens" not in embedding_calls(proxy.backend)[-1]
+
+
+@pytest.mark.parametrize("truncate", [True, None], ids=["true", "default"])
+@pytest_twisted.ensureDeferred
+async def test_truncate_true_has_vllm_truncate_to_the_models_context(
+    proxy: RunningProxy, truncate: bool | None
+) -> None:
+    proxy.backend.max_model_len = 5
+    await proxy.service.app.catalog.snapshot(max_age=0)  # the daemon learns the new max_model_len
+    extra = {} if truncate is None else {"truncate": truncate}
+    reply = await in_thread(_embed, proxy.url, model=EMBEDDER, input="one two three four five six", **extra)
+    (vector,) = reply.embeddings
+    assert close(list(vector), expected(proxy.backend, "two three four five six"))  # vLLM keeps the end
+    assert embedding_calls(proxy.backend)[-1]["truncate_prompt_tokens"] == 5
+    assert reply.prompt_eval_count == 5
+
+
+@pytest_twisted.ensureDeferred
+async def test_an_over_long_input_refused_by_a_backend_that_cannot_truncate_gets_ollamas_words(
+    http: HTTPClient,
+) -> None:
+    backend = FakeBackend("openai", models=["text-embedding-3-small"])
+    await backend.listen(reactor())
+    backend.max_model_len = 3
+    running = await start_proxy(backend, backend.base_url, dialect=Dialect.OPENAI)
+    try:
+        response = await http.post(
+            running.url + "/api/embed", json={"model": "text-embedding-3-small", "input": "a b c d"}
+        )
+        assert (response.code, await read_json(response)) == (
+            400,
+            {"error": "the input length exceeds the context length"},
+        )
+        (sent,) = [r.json for r in backend.requests if r.path == "/v1/embeddings"]
+        assert sent == {"model": "text-embedding-3-small", "input": ["a b c d"]}  # OpenAI has no such option
+    finally:
+        await running.service.stopService()
+        await backend.stop()

@@ -322,6 +322,56 @@ async def test_embeddings(backend: FakeBackend) -> None:
     assert body["data"][0]["embedding"] == backend.embedding_for("hello world")[:3]
 
 
+@pytest_twisted.ensureDeferred
+async def test_embeddings_truncate_and_refuse_like_vllm(backend: FakeBackend) -> None:
+    backend.max_model_len = 4
+    body = await _in_thread(
+        _embed,
+        backend.base_url,
+        ["a b c d e f"],
+        encoding_format="float",
+        extra_body={"truncate_prompt_tokens": 2},
+    )
+    # vLLM keeps the last tokens.
+    assert body["data"][0]["embedding"] == backend.embedding_for("e f")
+    assert body["usage"]["prompt_tokens"] == 2
+    body = await _in_thread(
+        _embed,
+        backend.base_url,
+        ["a b c d e f"],
+        encoding_format="float",
+        extra_body={"truncate_prompt_tokens": -1},
+    )
+    assert body["data"][0]["embedding"] == backend.embedding_for("c d e f")
+    with pytest.raises(
+        openai.BadRequestError, match=r"maximum context length is 4 tokens\. However, you requested 6"
+    ):
+        await _in_thread(_embed, backend.base_url, ["a b c d e f"], encoding_format="float")
+    with pytest.raises(openai.BadRequestError, match=r"truncate_prompt_tokens value \(5\) is greater than"):
+        await _in_thread(
+            _embed, backend.base_url, ["a"], encoding_format="float", extra_body={"truncate_prompt_tokens": 5}
+        )
+
+
+@pytest_twisted.ensureDeferred
+async def test_llamacpp_props(start_backend: StartBackend) -> None:
+    fake = await start_backend("llamacpp", models=["smollm2"])
+    fake.props["smollm2"] = {"modalities": {"vision": True, "audio": False}}
+    http = _http()
+    root = fake.base_url.removesuffix("/v1")
+    for url in (root + "/props", root + "/props?model=smollm2"):
+        response = await http.get(url)
+        assert response.code == 200
+        body = json.loads(await response.content())
+        assert body["default_generation_settings"]["n_ctx"] == fake.max_model_len
+        assert body["chat_template_caps"]["supports_tools"] is False
+        assert body["modalities"] == {"vision": True, "audio": False}
+        assert body["eos_token"] == "<|im_end|>"
+    assert (await http.get(root + "/props?model=other")).code == 404
+    vllm = await start_backend("vllm")
+    assert (await http.get(vllm.base_url.removesuffix("/v1") + "/props")).code == 404  # vLLM has none
+
+
 def _responses(url: str, stream: bool) -> Any:
     with _client(url) as client:
         if stream:

@@ -10,7 +10,9 @@ from typing import Any
 import pytest
 from twisted.internet.defer import ensureDeferred
 
+from ollama_proxy.catalog import PROPS_TIMEOUT
 from ollama_proxy.resilience import BreakerState
+from ollama_proxy.translate.dialect import Dialect
 from tests.fake_backend import ChatScript
 from tests.support import MemoryDaemon
 
@@ -257,3 +259,21 @@ def test_api_tags_follows_every_refresh_and_model_map_reload() -> None:
     assert "new/model:latest" not in names()  # the cached list is still fresh
     running.advance(5.0, step=1.0)
     assert "new/model:latest" in names()
+
+
+# -- llama.cpp's /props ----------------------------------------------------------------------------
+
+
+def test_a_props_that_never_answers_holds_the_model_list_for_its_bound_only() -> None:
+    running = MemoryDaemon("llamacpp", dialect=Dialect.LLAMACPP)
+    running.backend.props_delay = 3600.0
+    listed = running.send("GET", "/api/tags")
+    running.advance(PROPS_TIMEOUT - 0.1)
+    assert not listed.called
+    running.advance(0.2)
+    reply = running.settle(listed, within=0.0)
+    assert reply.status == 200
+    assert [m["name"] for m in reply.json()["models"]] == ["smollm2:latest"]
+    # Described by /models alone: the default tools, not /props' "no tools".
+    assert reply.json()["models"][0]["capabilities"] == ["completion", "tools"]
+    assert running.backend.disconnects == 1  # the /props request was given up, not left open

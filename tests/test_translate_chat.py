@@ -17,11 +17,20 @@ from ollama_proxy.schemas import ChatRequest, GenerateRequest, Message, ToolCall
 from ollama_proxy.translate.chat import (
     FALLBACK_IMAGE_MIME,
     chat_to_openai,
+    effective_think,
     generate_to_openai,
     image_data_url,
     synthesize_call_id,
 )
 from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.families import (
+    CODELLAMA_FIM,
+    CODESTRAL_FIM,
+    DEEPSEEK_FIM,
+    QWEN_FIM,
+    STARCODER_FIM,
+    FillInTheMiddle,
+)
 
 VLLM, OPENAI, OPENROUTER, LLAMACPP = Dialect.VLLM, Dialect.OPENAI, Dialect.OPENROUTER, Dialect.LLAMACPP
 ALL_DIALECTS = list(Dialect)
@@ -64,9 +73,12 @@ def chat(dialect: Dialect = VLLM, messages: list[Message] | None = None, **kw: A
     return body
 
 
-def generate(dialect: Dialect = VLLM, **kw: Any) -> tuple[str, dict[str, Any]]:
+def generate(
+    dialect: Dialect = VLLM, *, fim: FillInTheMiddle | None = None, **kw: Any
+) -> tuple[str, dict[str, Any]]:
     kw.setdefault("prompt", "Why is the sky blue?")
-    return generate_to_openai(GenerateRequest(model="client-name", **kw), "org/backend-model", dialect)
+    request = GenerateRequest(model="client-name", **kw)
+    return generate_to_openai(request, "org/backend-model", dialect, fim=fim)
 
 
 # --- the envelope -------------------------------------------------------------------------------------------
@@ -690,6 +702,70 @@ def test_generate_suffix_uses_completions(dialect: Dialect, max_key: str) -> Non
         "stream": True,
         "stream_options": {"include_usage": True},
     }
+
+
+@pytest.mark.parametrize("dialect", [VLLM, LLAMACPP])
+def test_generate_suffix_is_written_as_the_models_own_prompt_for_vllm_and_llamacpp(dialect: Dialect) -> None:
+    """vLLM answers ``suffix`` with 400 "suffix is not currently supported" and llama.cpp's server drops it
+    without a word, so the daemon writes the fill-in-the-middle prompt with the family's tokens."""
+    endpoint, body = generate(
+        dialect, prompt="def add(a, b):\n", suffix="\n    return c\n", stream=False, fim=QWEN_FIM
+    )
+    assert endpoint == "completions"
+    assert body == {
+        "model": "org/backend-model",
+        "prompt": "<|fim_prefix|>def add(a, b):\n<|fim_suffix|>\n    return c\n<|fim_middle|>",
+        "stream": False,
+    }
+
+
+@pytest.mark.parametrize("dialect", [OPENAI, OPENROUTER])
+def test_generate_suffix_goes_as_suffix_where_the_api_takes_it(dialect: Dialect) -> None:
+    _, body = generate(dialect, prompt="a", suffix="b", stream=False, fim=QWEN_FIM)
+    assert (body["prompt"], body["suffix"]) == ("a", "b")
+
+
+def test_generate_suffix_of_a_model_of_unknown_tokens_goes_as_suffix() -> None:
+    _, body = generate(VLLM, prompt="a", suffix="b", stream=False, fim=None)
+    assert (body["prompt"], body["suffix"]) == ("a", "b")
+
+
+def test_raw_mode_ignores_a_suffix_as_ollama_does() -> None:
+    _, body = generate(VLLM, prompt="a", suffix="b", raw=True, stream=False, fim=QWEN_FIM)
+    assert body == {"model": "org/backend-model", "prompt": "a", "stream": False}
+
+
+@pytest.mark.parametrize(
+    ("fim", "prompt"),
+    [
+        (QWEN_FIM, "<|fim_prefix|>BEFORE<|fim_suffix|>AFTER<|fim_middle|>"),
+        (STARCODER_FIM, "<fim_prefix>BEFORE<fim_suffix>AFTER<fim_middle>"),
+        (CODELLAMA_FIM, "<PRE> BEFORE <SUF>AFTER <MID>"),
+        (
+            DEEPSEEK_FIM,
+            "<\uff5cfim\u2581begin\uff5c>BEFORE<\uff5cfim\u2581hole\uff5c>AFTER<\uff5cfim\u2581end\uff5c>",
+        ),
+        (CODESTRAL_FIM, "[SUFFIX]AFTER[PREFIX]BEFORE"),
+    ],
+)
+def test_fill_in_the_middle_prompts(fim: FillInTheMiddle, prompt: str) -> None:
+    assert fim.prompt("BEFORE", "AFTER") == prompt
+
+
+@pytest.mark.parametrize(
+    ("think", "capabilities", "effective"),
+    [
+        (None, ("completion", "thinking"), True),
+        (None, ("completion", "tools"), None),
+        (False, ("completion", "thinking"), False),
+        ("low", ("completion", "thinking"), "low"),
+        (True, ("completion",), True),
+    ],
+)
+def test_a_thinking_model_asked_nothing_thinks(
+    think: bool | str | None, capabilities: tuple[str, ...], effective: bool | str | None
+) -> None:
+    assert effective_think(think, capabilities) == effective
 
 
 def test_generate_empty_suffix_is_no_suffix() -> None:

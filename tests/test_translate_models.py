@@ -359,6 +359,22 @@ def test_family_rows_are_tried_most_specific_first(model_id: str, family: str | 
     assert (found.name if found else None) == family
 
 
+def test_every_insert_family_says_how_to_prompt_it_and_no_other_does() -> None:
+    """vLLM and llama.cpp take no ``suffix``: a family advertised as ``insert`` needs its own prompt."""
+    for family in FAMILIES:
+        assert ("insert" in family.capabilities) is (family.fim is not None), family.name
+
+
+def test_the_fill_in_the_middle_prompt_comes_with_the_family() -> None:
+    coder = model_info({"id": "coder", "root": "Qwen/Qwen2.5-Coder-7B-Instruct"})
+    assert coder is not None
+    assert coder.fim is not None
+    assert coder.fim.prompt("a", "b") == "<|fim_prefix|>a<|fim_suffix|>b<|fim_middle|>"
+    chat = model_info({"id": "Qwen/Qwen2.5-7B-Instruct"})
+    assert chat is not None
+    assert chat.fim is None
+
+
 def test_a_vllm_alias_is_placed_by_its_root() -> None:
     info = model_info({"id": "assistant", "root": "Qwen/Qwen3-8B", "max_model_len": 40960})
     assert info is not None

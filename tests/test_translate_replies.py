@@ -17,8 +17,10 @@ from openai.types.chat import ChatCompletion, ChatCompletionChunk
 from ollama_proxy.errors import BackendError
 from ollama_proxy.translate.replies import (
     Instant,
+    Reasoning,
     StreamTranslator,
     ThinkTagSplitter,
+    carries_reasoning,
     completion_to_reply,
 )
 from ollama_proxy.translate.timestamps import rfc3339_utc
@@ -113,12 +115,11 @@ def run(
     events: list[dict[str, Any]],
     kind: Literal["chat", "generate"] = "chat",
     *,
-    split_think_tags: bool = False,
+    think: Reasoning = Reasoning.RELAY,
+    whole: bool = False,
 ) -> tuple[list[dict[str, Any]], StreamTranslator]:
     """Feed one event per 100 ms starting at 100 ms, finish 100 ms after the last; check every chunk."""
-    translator = StreamTranslator(
-        model="qwen3:8b", kind=kind, started=at(0), split_think_tags=split_think_tags
-    )
+    translator = StreamTranslator(model="qwen3:8b", kind=kind, started=at(0), think=think, whole=whole)
     out: list[dict[str, Any]] = []
     for i, event in enumerate(events, start=1):
         out.extend(translator.feed(event, at(100 * i)))
@@ -514,12 +515,17 @@ def test_nameless_tool_call_is_an_error() -> None:
     assert out == [{"error": "backend returned a tool call without a function name"}]
 
 
-def test_generate_ignores_tool_calls() -> None:
-    chunks, _ = run(
-        [chat_event({"tool_calls": [fragment(0, id="c", name="f", args="{}")]}, "tool_calls")], "generate"
-    )
-    assert len(chunks) == 1
-    assert chunks[0]["done"] is True
+def test_generate_relays_tool_calls_as_ollama_does() -> None:
+    events = [chat_event({"tool_calls": [fragment(0, id="c", name="f", args='{"x": 1}')]}, "tool_calls")]
+    chunks, _ = run(events, "generate")
+    call = {"id": "c", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}
+    assert chunks[0]["tool_calls"] == [call]
+    assert chunks[0]["done"] is False
+    assert chunks[-1]["done"] is True
+    (whole,), _ = run(events, "generate", whole=True)
+    assert whole["tool_calls"] == [call]
+    # Ollama's GenerateResponse order: the metrics, then tool_calls.
+    assert list(whole)[-2:] == ["eval_duration", "tool_calls"]
 
 
 # --- errors -------------------------------------------------------------------------------------------------
@@ -688,7 +694,7 @@ def test_legacy_completion_logprobs() -> None:
     ],
 )
 def test_think_tags(deltas: list[str], thinking: str, content: str) -> None:
-    chunks, _ = run([chat_event({"content": d}) for d in deltas], split_think_tags=True)
+    chunks, _ = run([chat_event({"content": d}) for d in deltas], think=Reasoning.SPLIT)
     assert thoughts(chunks) == thinking
     assert contents(chunks) == content
 
@@ -698,9 +704,132 @@ def test_think_tags_off_by_default() -> None:
     assert contents(chunks) == "<think>x</think>y"
 
 
+@pytest.mark.parametrize(
+    "events",
+    [
+        [chat_event({"reasoning_content": "secret"}), chat_event({"content": "Answer"}, "stop")],
+        [chat_event({"reasoning": "secret", "content": "Answer"}, "stop")],
+        [chat_event({"content": "<think>se"}), chat_event({"content": "cret</think>Answer"}, "stop")],
+        [chat_event({"content": "<think></think>\n\nAnswer"}, "stop")],
+    ],
+)
+@pytest.mark.parametrize("whole", [False, True])
+def test_think_false_lets_no_reasoning_through(events: list[dict[str, Any]], whole: bool) -> None:
+    chunks, translator = run(events, think=Reasoning.DROP, whole=whole)
+    assert thoughts(chunks) == ""
+    assert all("thinking" not in chunk.get("message", {}) for chunk in chunks)
+    assert contents(chunks) == "Answer"
+    # The model reasoned all the same (an empty block too: Qwen3 told not to think writes one).
+    assert translator.saw_reasoning
+
+
+@pytest.mark.parametrize(
+    ("events", "reasoned"),
+    [
+        ([chat_event({"reasoning": "r"})], True),
+        ([chat_event({"content": "  <thi"}), chat_event({"content": "nk>x</think>y"})], True),
+        ([chat_event({"content": "no <think> here"})], False),
+        ([chat_event({"content": "plain"}), chat_event({"content": "<think>late"})], False),
+        ([chat_event({"reasoning": ""}), chat_event({"content": "x"})], False),
+    ],
+)
+@pytest.mark.parametrize("think", list(Reasoning))
+def test_the_translator_notes_whether_the_model_reasoned(
+    events: list[dict[str, Any]], reasoned: bool, think: Reasoning
+) -> None:
+    _, translator = run(events, think=think)
+    assert translator.saw_reasoning is reasoned
+
+
+def test_a_whole_reply_is_the_stream_folded() -> None:
+    events = [
+        chat_event({"reasoning": "Rayleigh "}),
+        chat_event({"reasoning": "scattering"}),
+        chat_event({"content": "Blue", "logprobs": None}, logprobs=CHAT_LOGPROBS),
+        chat_event({"content": "."}),
+        chat_event({"tool_calls": [fragment(0, id="c", name="f", args='{"x": ')]}),
+        chat_event({"tool_calls": [fragment(0, args="1}")]}, "tool_calls"),
+        chat_event(choices=False, usage=usage(9, 4)),
+    ]
+    streamed, _ = run(events, "generate")
+    (whole,), _ = run(events, "generate", whole=True)
+    assert whole == {
+        "model": "qwen3:8b",
+        "created_at": "2025-06-01T10:00:00.8Z",
+        "response": "Blue.",
+        "thinking": "Rayleigh scattering",
+        "done": True,
+        "done_reason": "stop",
+        "total_duration": 800_000_000,
+        "prompt_eval_count": 9,
+        "prompt_eval_duration": 100_000_000,
+        "eval_count": 4,
+        "eval_duration": 700_000_000,
+        "tool_calls": [{"id": "c", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}],
+        "logprobs": OLLAMA_LOGPROBS,
+    }
+    # What a streaming client would have put together from its chunks.
+    assert "".join(c["response"] for c in streamed) == whole["response"]
+    assert "".join(c.get("thinking", "") for c in streamed) == whole["thinking"]
+    assert [call for c in streamed for call in c.get("tool_calls", [])] == whole["tool_calls"]
+    assert [lp for c in streamed for lp in c.get("logprobs", [])] == whole["logprobs"]
+    assert {k: v for k, v in streamed[-1].items() if k.endswith(("_count", "_duration"))} == {
+        k: v for k, v in whole.items() if k.endswith(("_count", "_duration"))
+    }
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_a_whole_reply_that_fails_is_an_error(whole: bool) -> None:
+    chunks, translator = run(
+        [chat_event({"content": "partial"}), {"error": {"message": "out of memory"}}], whole=whole
+    )
+    assert chunks[-1] == {"error": "out of memory"}
+    assert translator.failed
+
+
+@pytest.mark.parametrize("whole", [False, True])
+def test_the_final_generate_reply_carries_the_context_of_the_whole_answer(whole: bool) -> None:
+    answers: list[str] = []
+
+    def context_for(answer: str) -> list[int]:
+        answers.append(answer)
+        return [7, 8, 9]
+
+    translator = StreamTranslator(
+        model="m", kind="generate", started=at(0), context_for=context_for, whole=whole
+    )
+    out = translator.feed(chat_event({"content": "<think>x</think>"}), at(1))
+    out += translator.feed(chat_event({"content": "Hello"}), at(2))
+    out += translator.feed(chat_event({"content": " you"}, "stop"), at(3))
+    out += translator.finish(at(4))
+    assert answers == ["<think>x</think>Hello you"]
+    assert out[-1]["context"] == [7, 8, 9]
+    assert list(out[-1])[:7] == [
+        "model",
+        "created_at",
+        "response",
+        "done",
+        "done_reason",
+        "context",
+        "total_duration",
+    ]
+    assert all("context" not in chunk for chunk in out[:-1])
+
+
+def test_load_duration_is_the_wait_before_the_backend_call() -> None:
+    translator = StreamTranslator(model="m", kind="chat", started=at(300), arrived=at(100))
+    translator.feed(chat_event({"content": "x"}), at(400))
+    final = translator.finish(at(1000))[-1]
+    assert final["total_duration"] == 900_000_000
+    assert final["load_duration"] == 200_000_000
+    assert final["prompt_eval_duration"] == 100_000_000
+    assert final["eval_duration"] == 600_000_000
+    assert list(final)[-4:] == ["total_duration", "load_duration", "prompt_eval_duration", "eval_duration"]
+
+
 def test_think_tags_flushed_at_finish_reason() -> None:
     chunks, _ = run(
-        [chat_event({"content": "<think>abc  "}), chat_event({}, "length")], split_think_tags=True
+        [chat_event({"content": "<think>abc  "}), chat_event({}, "length")], think=Reasoning.SPLIT
     )
     assert thoughts(chunks) == "abc"
     assert chunks[-1]["done_reason"] == "length"
@@ -926,9 +1055,45 @@ def test_llamacpp_timings() -> None:
     assert out["eval_count"] == 9
 
 
+@pytest.mark.parametrize(
+    ("message", "reasoned"),
+    [
+        ({"role": "assistant", "content": "x", "reasoning_content": "r"}, True),
+        ({"role": "assistant", "content": "x", "reasoning": "r"}, True),
+        ({"role": "assistant", "content": "\n<think>r</think>x"}, True),
+        ({"role": "assistant", "content": "x", "reasoning_content": None}, False),
+        ({"role": "assistant", "content": None, "tool_calls": []}, False),
+    ],
+)
+def test_a_whole_backend_reply_shows_whether_the_model_reasoned(
+    message: dict[str, Any], reasoned: bool
+) -> None:
+    assert carries_reasoning(chat_completion(message)) is reasoned
+
+
+def test_think_false_drops_reasoning_from_a_whole_reply() -> None:
+    body = chat_completion({"role": "assistant", "content": "<think>a</think>OK", "reasoning_content": "b"})
+    assert reply(body, think=Reasoning.DROP)["message"] == {"role": "assistant", "content": "OK"}
+
+
+def test_whole_generate_reply_has_context_and_load_duration() -> None:
+    body = chat_completion({"role": "assistant", "content": "Hi"})
+    out = completion_to_reply(
+        body,
+        model="m",
+        kind="generate",
+        started=at(100),
+        ended=at(1000),
+        arrived=at(0),
+        context_for=lambda answer: [len(answer)],
+    )
+    assert out["context"] == [2]
+    assert (out["total_duration"], out["load_duration"]) == (1_000_000_000, 100_000_000)
+
+
 def test_think_tags_in_non_stream_reply() -> None:
     body = chat_completion({"role": "assistant", "content": "<think>\nhm\n</think>\n\nOK"})
-    assert reply(body, split_think_tags=True)["message"] == {
+    assert reply(body, think=Reasoning.SPLIT)["message"] == {
         "role": "assistant",
         "content": "OK",
         "thinking": "hm",

@@ -116,6 +116,21 @@ def test_the_template_has_each_section_exactly_when_the_model_has_the_capability
     assert template_markers(template) == capabilities
 
 
+@pytest.mark.parametrize(
+    ("model_id", "branch"),
+    [
+        ("Qwen/Qwen2.5-Coder-7B", "<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>"),
+        ("bigcode/starcoder2-15b", "<fim_prefix>{{ .Prompt }}<fim_suffix>{{ .Suffix }}<fim_middle>"),
+        ("codellama/CodeLlama-7b-hf", "<PRE> {{ .Prompt }} <SUF>{{ .Suffix }} <MID>"),
+        ("mistralai/Codestral-22B-v0.1", "[SUFFIX]{{ .Suffix }}[PREFIX]{{ .Prompt }}"),
+    ],
+)
+def test_a_code_models_template_shows_the_prompt_it_is_really_sent(model_id: str, branch: str) -> None:
+    found = model_info({"id": model_id})
+    assert found is not None
+    assert "{{- if .Suffix }}" + branch + "\n" in template_for(found)
+
+
 BLOCK = re.compile(r"{{-?\s*(if|range|with|else|end)\b")
 
 

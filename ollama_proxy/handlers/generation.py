@@ -1,5 +1,10 @@
 """``/api/chat`` and ``/api/generate``: validate, resolve the model, translate, and either relay the
-backend's SSE stream as Ollama NDJSON chunk by chunk or answer with one JSON object.
+backend's SSE stream as Ollama NDJSON chunk by chunk or answer with one JSON object (the backend's whole
+reply, or its stream folded, where only a stream shows when the first token came).
+
+Per request, the effective ``think`` is decided here from what the catalog knows of the model (a
+thinking-capable model asked nothing thinks), and any reply showing reasoning is reported back to the
+catalog, which then knows the model thinks.
 
 The translation itself lives in ``translate/chat.py`` (requests) and ``translate/replies.py`` (replies);
 this module only reads clocks, calls the backend and hands bytes to the relay.
@@ -11,20 +16,40 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from twisted.logger import Logger
+from twisted.web.iweb import IResponse
 
 from ollama_proxy.app import App
+from ollama_proxy.backend import MAX_JSON_BODY, BackendClient
 from ollama_proxy.catalog import Resolved
-from ollama_proxy.errors import BackendRejected, BadRequest, ModelNotFound
+from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound
 from ollama_proxy.failover import on_replicas
 from ollama_proxy.json_codec import compact_json
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
 from ollama_proxy.site import ProxyRequest
-from ollama_proxy.translate.chat import CHAT_ENDPOINT, chat_to_openai, generate_to_openai
+from ollama_proxy.translate.chat import (
+    CHAT_ENDPOINT,
+    WHOLE_FROM_STREAM,
+    as_stream,
+    chat_to_openai,
+    effective_think,
+    generate_to_openai,
+)
+from ollama_proxy.translate.context import context_after
 from ollama_proxy.translate.dialect import Dialect
-from ollama_proxy.translate.replies import Instant, Kind, StreamTranslator, completion_to_reply, ollama_reply
-from ollama_proxy.translate.stream import EventStreamTransform, OllamaStream
+from ollama_proxy.translate.replies import (
+    ContextFor,
+    Instant,
+    Kind,
+    Reasoning,
+    StreamTranslator,
+    carries_reasoning,
+    completion_to_reply,
+    ollama_reply,
+)
+from ollama_proxy.translate.stream import EventStreamTransform, OllamaStream, OllamaWhole
 from ollama_proxy.web import Handler, read_json, read_keep_alive
 from ollama_proxy.wire.ollama import NDJSON_TYPE
 
@@ -33,6 +58,12 @@ log = Logger(namespace="ollama_proxy.generation")
 
 def now() -> Instant:
     return Instant(time.time(), time.monotonic_ns())
+
+
+def arrival(request: ProxyRequest) -> Instant:
+    """When the request reached the daemon (the gate's monotonic reading), as an Instant."""
+    started = request.exchange.started
+    return Instant(time.time() - (time.monotonic() - started), round(started * 1e9))
 
 
 def _check_can_generate(resolved: Resolved, verb: str) -> None:
@@ -46,6 +77,18 @@ def _load_reply(model: str, kind: Kind, keep_alive_for: float) -> dict[str, Any]
     return ollama_reply(model, kind, now(), done_reason="unload" if keep_alive_for <= 0 else "load")
 
 
+@attrs.frozen
+class ReplyPlan:
+    """What the client of one chat or generate call gets, whichever replica serves it."""
+
+    kind: Kind
+    stream: bool
+    # What of the model's reasoning reaches the client (after the request's effective ``think``).
+    reasoning: Reasoning
+    # A generate reply's ``context``, from its whole answer.
+    context_for: ContextFor | None = None
+
+
 class GenerationHandler(Handler):
     """What chat and generate share: the backend call, streaming or not."""
 
@@ -55,30 +98,26 @@ class GenerationHandler(Handler):
         self,
         request: ProxyRequest,
         resolved: Resolved,
+        plan: ReplyPlan,
         *,
-        kind: Kind,
         translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
         keep: float,
-        stream: bool,
-        think: bool | str | None,
     ) -> None:
         """Call the backend and answer: one JSON object, or the NDJSON relay of its SSE stream.
 
         ``translate`` builds (endpoint, body) for a backend's dialect; it runs once per dialect, and
         first here, so that a bad request fails before any backend is tried.  A replica that fails
-        before anything reached the client hands the request to the next one.  A ``think`` request
-        also splits a leading ``<think>…</think>`` out of the content.
+        before anything reached the client hands the request to the next one.
         """
-        _check_can_generate(resolved, kind)
+        _check_can_generate(resolved, plan.kind)
         translate = translated_once(translate)
         translate(resolved.client.dialect)
         self.app.recent.touch(resolved, keep)
-        thinking = wants_thinking(think)
 
         async def attempt(target: Resolved, last: bool) -> None:
             endpoint, body = translate(target.client.dialect)
             async with target.client.limit:
-                await self._exchange(request, target, kind, endpoint, body, stream, thinking, retry=last)
+                await self._exchange(request, target, plan, endpoint, body, retry=last)
 
         await on_replicas(request, resolved, attempt)
 
@@ -86,61 +125,75 @@ class GenerationHandler(Handler):
         self,
         request: ProxyRequest,
         resolved: Resolved,
-        kind: Kind,
+        plan: ReplyPlan,
         endpoint: str,
         body: dict[str, Any],
-        stream: bool,
-        thinking: bool,
         *,
         retry: bool = True,
     ) -> None:
+        """One backend call.  A whole reply is asked whole where the backend measures its own durations
+        or may refuse to stream, else folded from the backend's stream (``WHOLE_FROM_STREAM``)."""
         client = resolved.client
         request.exchange.backend = client.name
         request_id = request.exchange.request_id
-        started = now()
-        if not stream:
+        started, arrived = now(), arrival(request)
+        if not plan.stream and client.dialect not in WHOLE_FROM_STREAM:
             data = await client.post_json(
                 endpoint, body, request_id=request_id, retry=retry, model=resolved.backend_id
             )
             reply = completion_to_reply(
                 data,
                 model=resolved.name,
-                kind=kind,
+                kind=plan.kind,
                 started=started,
                 ended=now(),
-                split_think_tags=thinking,
+                think=plan.reasoning,
+                arrived=arrived,
+                context_for=plan.context_for,
             )
+            if carries_reasoning(data):
+                self.app.catalog.note_reasoning(resolved.backend_id)
             request.exchange.counted(reply.get("prompt_eval_count"), reply.get("eval_count"))
             request.send_json(reply)
             return
-        try:
-            response = await client.request(
-                "POST",
-                endpoint,
-                body=compact_json(body),
-                request_id=request_id,
-                retry=retry,
-                model=resolved.backend_id,
-            )
-            await client.raise_for_status(response)
-        except BackendRejected as error:
-            if not _rejects_usage_option(error, body):
-                raise
-            # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
-            # only without token counts.
-            body = {key: value for key, value in body.items() if key != "stream_options"}
-            response = await client.request(
-                "POST",
-                endpoint,
-                body=compact_json(body),
-                request_id=request_id,
-                retry=retry,
-                model=resolved.backend_id,
-            )
-            await client.raise_for_status(response)
-        translator = StreamTranslator(
-            model=resolved.name, kind=kind, started=started, split_think_tags=thinking
+        response = await _open_stream(
+            client, endpoint, as_stream(body), request_id, retry, model=resolved.backend_id
         )
+        translator = StreamTranslator(
+            model=resolved.name,
+            kind=plan.kind,
+            started=started,
+            think=plan.reasoning,
+            arrived=arrived,
+            context_for=plan.context_for,
+            whole=not plan.stream,
+        )
+
+        def noted() -> None:
+            _note_stream(request, translator, started)
+            if translator.saw_reasoning:
+                self.app.catalog.note_reasoning(resolved.backend_id)
+
+        if plan.stream:
+            await self._relay(request, response, translator, noted)
+            return
+        whole = OllamaWhole(translator)
+        transform = EventStreamTransform(whole, now)
+        await client.read_body(response, MAX_JSON_BODY, each=transform.feed)
+        transform.end()
+        noted()
+        if whole.error is not None or whole.reply is None:
+            raise BackendError(whole.error or "the backend's stream ended before it was complete")
+        request.send_json(whole.reply)
+
+    async def _relay(
+        self,
+        request: ProxyRequest,
+        response: IResponse,
+        translator: StreamTranslator,
+        noted: Callable[[], None],
+    ) -> None:
+        """The backend's stream relayed as NDJSON, chunk by chunk."""
         request.setHeader(b"content-type", NDJSON_TYPE)
         config = self.app.config
         relay = StreamRelay(
@@ -149,10 +202,32 @@ class GenerationHandler(Handler):
             self.app.reactor,
             stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
-            before_finish=lambda: _note_stream(request, translator, started),
+            before_finish=noted,
         )
         response.deliverBody(relay)
         await relay.done
+
+
+async def _open_stream(
+    client: BackendClient, endpoint: str, body: dict[str, Any], request_id: str, retry: bool, *, model: str
+) -> IResponse:
+    """The backend's streaming response, its headers read and its status checked."""
+    try:
+        response = await client.request(
+            "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry, model=model
+        )
+        await client.raise_for_status(response)
+    except BackendRejected as error:
+        if not _rejects_usage_option(error, body):
+            raise
+        # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
+        # only without token counts.
+        body = {key: value for key, value in body.items() if key != "stream_options"}
+        response = await client.request(
+            "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry, model=model
+        )
+        await client.raise_for_status(response)
+    return response
 
 
 def _note_stream(request: ProxyRequest, translator: StreamTranslator, started: Instant) -> None:
@@ -189,10 +264,6 @@ def translated_once(
     return once
 
 
-def wants_thinking(think: bool | str | None) -> bool:
-    return think is not None and think is not False
-
-
 class ChatResource(GenerationHandler):
     async def on_post(self, request: ProxyRequest) -> None:
         chat = structure(read_json(request), ChatRequest)
@@ -205,17 +276,16 @@ class ChatResource(GenerationHandler):
             self.app.recent.touch(resolved, keep)
             request.send_json(_load_reply(chat.model, "chat", keep))
             return
+        chat = attrs.evolve(chat, think=effective_think(chat.think, resolved.info.capabilities))
         await self.complete(
             request,
             resolved,
-            kind="chat",
+            ReplyPlan("chat", chat.stream, Reasoning.after(chat.think)),
             translate=lambda dialect: (
                 CHAT_ENDPOINT,
                 chat_to_openai(chat, resolved.backend_id, dialect),
             ),
             keep=keep,
-            stream=chat.stream,
-            think=chat.think,
         )
 
 
@@ -232,12 +302,17 @@ class GenerateResource(GenerationHandler):
             self.app.recent.touch(resolved, keep)
             request.send_json(_load_reply(generate.model, "generate", keep))
             return
+        generate = attrs.evolve(generate, think=effective_think(generate.think, resolved.info.capabilities))
+        fim = resolved.info.fim
         await self.complete(
             request,
             resolved,
-            kind="generate",
-            translate=lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect),
+            ReplyPlan(
+                "generate",
+                generate.stream,
+                Reasoning.after(generate.think),
+                context_for=lambda answer: context_after(generate, answer),
+            ),
+            translate=lambda dialect: generate_to_openai(generate, resolved.backend_id, dialect, fim=fim),
             keep=keep,
-            stream=generate.stream,
-            think=generate.think,
         )

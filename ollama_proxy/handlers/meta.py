@@ -1,7 +1,12 @@
-"""Ollama's metadata endpoints: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``, ``/api/ps``.
+"""Ollama's metadata endpoints: ``/``, ``/api/version``, ``/api/tags``, ``/api/show``, ``/api/ps``, and the
+account probes ``/api/status``, ``/api/me`` and ``/api/signout``.
 
 These are what clients call first (Copilot: version → tags → show for each model), so they answer from
 the cached backend model list and never from canned text.
+
+The account probes answer as an Ollama that is not signed in to ollama.com and has its cloud turned off
+would, since this daemon can neither sign in nor reach Ollama's cloud models: ``ollama launch`` and the
+VS Code extension then offer only the models served here, and no sign-in that could not work.
 """
 
 from __future__ import annotations
@@ -11,7 +16,7 @@ from typing import Any
 from twisted.web.resource import IResource
 
 from ollama_proxy.catalog import ModelCatalog, local_offset
-from ollama_proxy.errors import BadRequest
+from ollama_proxy.errors import BadRequest, NotSignedIn
 from ollama_proxy.schemas import ModelRequest, structure
 from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate import models
@@ -42,6 +47,28 @@ def modified_at(info: models.ModelInfo, fallback: float) -> str:
 class VersionResource(Handler):
     async def on_get(self, request: ProxyRequest) -> None:
         request.send_json({"version": self.app.config.ollama_version})
+
+
+class StatusResource(Handler):
+    """``GET /api/status``: Ollama's cloud switch, off, as an ``OLLAMA_NO_CLOUD`` server reports it."""
+
+    async def on_get(self, request: ProxyRequest) -> None:
+        request.send_json({"cloud": {"disabled": True, "source": "config"}})
+
+
+class MeResource(Handler):
+    """``POST /api/me``: who is signed in: nobody, in Ollama's 401 (without its ``signin_url``: there is
+    nowhere to sign in)."""
+
+    async def on_post(self, request: ProxyRequest) -> None:
+        raise NotSignedIn("unauthorized")
+
+
+class SignoutResource(Handler):
+    """``POST /api/signout``: Ollama's answer when nobody is signed in."""
+
+    async def on_post(self, request: ProxyRequest) -> None:
+        raise NotSignedIn("you are not currently signed in")
 
 
 class TagsResource(Handler):

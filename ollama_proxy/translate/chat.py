@@ -13,13 +13,14 @@ import hashlib
 import json
 import math
 import re
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
 
 from ollama_proxy.errors import BadRequest
 from ollama_proxy.schemas import ChatRequest, Format, GenerateRequest, Message, Think, ToolCall
 from ollama_proxy.translate.context import earlier_turns
 from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.families import FillInTheMiddle
 
 CHAT_ENDPOINT: Final = "chat/completions"
 COMPLETIONS_ENDPOINT: Final = "completions"
@@ -374,6 +375,14 @@ def _think_effort(think: Think) -> str | bool | None:
     )
 
 
+def effective_think(think: Think, capabilities: Collection[str]) -> Think:
+    """The ``think`` a request means: since Ollama 0.12.4 a thinking-capable model asked nothing thinks, as
+    if asked ``true``; on any other model an absent ``think`` stays absent (the backend's default)."""
+    if think is None and "thinking" in capabilities:
+        return True
+    return think
+
+
 def think_fields(think: Think, dialect: Dialect) -> dict[str, Any]:
     effort = _think_effort(think)
     if effort is None:
@@ -420,6 +429,19 @@ def _stream(stream: bool) -> dict[str, Any]:
     return {"stream": False}
 
 
+#: The backends whose whole (non-streaming) replies are assembled from their stream, as Ollama assembles its
+#: own from its runner's: only a stream shows when the first token came, which is what
+#: ``prompt_eval_duration`` measures, and vLLM and OpenRouter report no timings of their own.  llama.cpp
+#: reports its own (``timings``), and OpenAI refuses to stream some models to unverified organisations, so
+#: those are asked for a whole reply.
+WHOLE_FROM_STREAM: Final = frozenset({Dialect.VLLM, Dialect.OPENROUTER})
+
+
+def as_stream(body: Mapping[str, Any]) -> dict[str, Any]:
+    """The same request, asked for as a stream (see :data:`WHOLE_FROM_STREAM`)."""
+    return {**body, **_stream(True)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Entry points
 # ---------------------------------------------------------------------------------------------------------
@@ -439,7 +461,11 @@ def chat_to_openai(request: ChatRequest, backend_model: str, dialect: Dialect) -
 
 
 def generate_to_openai(
-    request: GenerateRequest, backend_model: str, dialect: Dialect
+    request: GenerateRequest,
+    backend_model: str,
+    dialect: Dialect,
+    *,
+    fim: FillInTheMiddle | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The endpoint (relative to the backend's ``/v1/``) and body for an ``/api/generate`` request.
 
@@ -448,6 +474,11 @@ def generate_to_openai(
     then the prompt.  ``raw`` and ``suffix`` (fill-in-the-middle) need the prompt untouched, which only the
     legacy completions endpoint offers; there ``think`` has no meaning and is only validated, and a context
     only checked.
+
+    Fill-in-the-middle: vLLM refuses ``suffix`` and llama.cpp's server ignores it, so for them the prompt is
+    written here with the model's own tokens (``fim``, from its family) and sent as a plain prompt; other
+    backends, and models whose tokens are not known, get ``suffix`` as OpenAI's API defines it.  In ``raw``
+    mode a ``suffix`` is ignored, as Ollama ignores it.
     """
     if request.raw and (request.template or request.system or request.context):
         raise BadRequest("raw mode does not support template, system, or context")
@@ -457,8 +488,11 @@ def generate_to_openai(
         if request.images:
             raise BadRequest("images are not supported with raw or suffix")
         body: dict[str, Any] = {"model": backend_model, "prompt": request.prompt}
-        if request.suffix:
-            body["suffix"] = request.suffix
+        if request.suffix and not request.raw:
+            if fim is not None and dialect in _WRITES_FIM_PROMPT:
+                body["prompt"] = fim.prompt(request.prompt, request.suffix)
+            else:
+                body["suffix"] = request.suffix
         body.update(_format(request.format))
         body.update(_options(request.options, dialect, COMPLETIONS_ENDPOINT))
         body.update(_logprobs(request.logprobs, request.top_logprobs, COMPLETIONS_ENDPOINT))
@@ -474,3 +508,7 @@ def generate_to_openai(
     body.update(_logprobs(request.logprobs, request.top_logprobs, CHAT_ENDPOINT))
     body.update(_stream(request.stream))
     return CHAT_ENDPOINT, body
+
+
+# The backends whose completions endpoint takes no ``suffix`` (vLLM refuses it, llama.cpp ignores it).
+_WRITES_FIM_PROMPT: Final = frozenset({Dialect.VLLM, Dialect.LLAMACPP})

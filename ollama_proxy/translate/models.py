@@ -34,7 +34,12 @@ from typing import Any
 
 import attrs
 
-from ollama_proxy.translate.families import INFERRED_CAPABILITIES, family_capabilities
+from ollama_proxy.translate.families import (
+    INFERRED_CAPABILITIES,
+    FillInTheMiddle,
+    family_capabilities,
+    family_of,
+)
 from ollama_proxy.translate.templates import modelfile_for, parameters_for, template_for
 from ollama_proxy.translate.timestamps import ZERO_TIME
 
@@ -162,6 +167,9 @@ class ModelInfo:
     options: Mapping[str, Any] = attrs.field(factory=dict, converter=_readonly, hash=False)
     # True when a config override listed the capabilities: then nothing learnt at run time changes them.
     capabilities_configured: bool = False
+    # How the model is prompted to fill in the middle, where its family is known (for backends that
+    # take no ``suffix``).
+    fim: FillInTheMiddle | None = None
 
     def with_capability(self, capability: str) -> ModelInfo:
         """This model, now known to have ``capability``: a model that answered with reasoning can think.
@@ -328,7 +336,17 @@ def model_info(
         stop=facts.stop if facts else (),
         options=override.options or {},
         capabilities_configured=bool(override.capabilities),
+        fim=_fill_in_the_middle(entry, model_id),
     )
+
+
+def _fill_in_the_middle(entry: Mapping[str, Any], model_id: str) -> FillInTheMiddle | None:
+    """The fill-in-the-middle prompt of the first family row the id (or vLLM's ``root``) matches."""
+    for name in _family_names(entry, model_id):
+        row = family_of(name)
+        if row is not None:
+            return row.fim
+    return None
 
 
 def _note(value: Any, capability: str, has: set[str], lacks: set[str]) -> None:

@@ -9,20 +9,29 @@ Policies decided here, because the OpenAI side leaves them open:
   :class:`BackendError`.  A tool call is an action; running it with invented arguments (``{}``) could do
   something the model never asked for, while an error is visible and retryable.  ``""`` and ``null`` are
   the documented way of saying "no arguments" and become ``{}``.
-* **load_duration** is omitted: nothing here knows the backend's load time, and Ollama itself omits
-  metrics it has not measured (zeros).
+* **load_duration** is the daemon's own wait before the backend call went out (finding the model,
+  waiting for a concurrency slot), given as ``arrived``: what stands between a request and its model being
+  ready, as Ollama's own is.  Without ``arrived`` it is left out, and ``total_duration`` starts at the
+  backend call.
 * **Durations** are integers in nanoseconds and at least 1 when present, so clients computing tokens per
   second never divide by zero.  Without a first token, ``eval_duration`` is the whole request and
   ``prompt_eval_duration`` is left out.
+* **Reasoning** reaches the client as :class:`Reasoning` says: relayed as ``thinking`` when the client did
+  not ask, split out of the content too when thinking is on, and not at all after ``think: false``.  Either
+  way the translator notes whether the model reasoned (:attr:`StreamTranslator.saw_reasoning`,
+  :func:`carries_reasoning`): a reasoning field with text, or content that opens with ``<think>``.
+* **Generate replies** carry ``tool_calls`` as chat replies do, and their final reply the ``context``
+  the caller computes from the whole answer (``context_for``).
 * **Log probabilities** of ``-inf`` (which some backends emit as ``-Infinity``, invalid JSON for Go
   clients) are reported as -9999.0, OpenAI's own stand-in.
 """
 
 from __future__ import annotations
 
+import enum
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any, Final, Literal
 
 import attrs
@@ -56,13 +65,16 @@ def ollama_reply(
     thinking: str = "",
     tool_calls: list[dict[str, Any]] | None = None,
     done_reason: str | None = None,
+    context: list[int] | None = None,
+    metrics: Mapping[str, int] | None = None,
+    logprobs: list[dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """The one builder of Ollama's reply shape, for chat and generate alike: a stream chunk (no
-    ``done_reason``) or a final reply (with one), in Ollama's key order.  Metrics, ``logprobs`` and
-    ``context`` are added by the caller, after these keys.
+    ``done_reason``) or a final reply (with one), in the key order of Ollama's own structs.
 
     Chat puts the text in ``message`` (``content`` always present, ``thinking`` and ``tool_calls`` only
-    when there are some); generate puts it in ``response`` with ``thinking`` beside it.
+    when there are some), then ``logprobs`` before the metrics; generate puts it in ``response`` with
+    ``thinking`` beside it, then ``context``, the metrics, ``tool_calls`` and ``logprobs``.
     """
     reply: dict[str, Any] = {"model": model, "created_at": rfc3339_utc(at.wall)}
     if kind == "chat":
@@ -76,11 +88,21 @@ def ollama_reply(
         reply["response"] = content
         if thinking:
             reply["thinking"] = thinking
-        if tool_calls:
-            reply["tool_calls"] = tool_calls
     reply["done"] = done_reason is not None
     if done_reason is not None:
         reply["done_reason"] = done_reason
+    if kind == "chat":
+        if logprobs:
+            reply["logprobs"] = logprobs
+        reply.update(metrics or {})
+        return reply
+    if context:  # Ollama's omitempty: an empty context is no field
+        reply["context"] = context
+    reply.update(metrics or {})
+    if tool_calls:
+        reply["tool_calls"] = tool_calls
+    if logprobs:
+        reply["logprobs"] = logprobs
     return reply
 
 
@@ -225,10 +247,11 @@ def tool_arguments(name: str, text: str) -> dict[str, Any]:
     return value
 
 
-def _ollama_calls(calls: Sequence[PendingCall]) -> list[dict[str, Any]]:
-    """Ollama's tool calls: whole, arguments as an object, ``index`` as the position in the list."""
+def _ollama_calls(calls: Sequence[PendingCall], *, first: int = 0) -> list[dict[str, Any]]:
+    """Ollama's tool calls: whole, arguments as an object, ``index`` as the position in the reply's list
+    (which starts at ``first`` when earlier calls of the same reply were sent already)."""
     out = []
-    for position, call in enumerate(calls):
+    for position, call in enumerate(calls, start=first):
         if not call.name:
             raise BackendError("backend returned a tool call without a function name")
         text = "".join(call.parts)
@@ -365,8 +388,49 @@ class ThinkTagSplitter:
 
 
 # ---------------------------------------------------------------------------------------------------------
+# Reasoning
+# ---------------------------------------------------------------------------------------------------------
+
+
+class Reasoning(enum.Enum):
+    """What of a model's reasoning reaches the client, after the request's (effective) ``think``."""
+
+    #: ``think`` not given, on a model not known to think: reasoning fields are relayed as ``thinking``,
+    #: and the content is left as it came.
+    RELAY = "relay"
+    #: Thinking on (``true`` or a level): reasoning fields, and a leading ``<think>…</think>`` split out of
+    #: the content, become ``thinking``.
+    SPLIT = "split"
+    #: ``think: false``: no reasoning reaches the client, neither the fields nor a leading block.
+    DROP = "drop"
+
+    @classmethod
+    def after(cls, think: bool | str | None) -> Reasoning:
+        if think is None:
+            return cls.RELAY
+        return cls.DROP if think is False else cls.SPLIT
+
+
+def _opens_with_think(content: str) -> bool:
+    return content.lstrip().startswith(_OPEN_TAG)
+
+
+def carries_reasoning(body: Mapping[str, Any]) -> bool:
+    """Whether a whole backend reply shows the model reasoning: a reasoning field with text, or content
+    that opens with ``<think>`` (a reasoning model served without a reasoning parser)."""
+    choice = first_choice(body)
+    message = choice.get("message") if choice is not None else None
+    if not isinstance(message, Mapping):
+        return False
+    return bool(reasoning(message)) or _opens_with_think(_text(message.get("content")))
+
+
+# ---------------------------------------------------------------------------------------------------------
 # Streaming
 # ---------------------------------------------------------------------------------------------------------
+
+#: Computes a generate reply's ``context`` from its whole answer; None for no ``context``.
+ContextFor = Callable[[str], list[int] | None]
 
 
 class StreamTranslator:
@@ -376,19 +440,44 @@ class StreamTranslator:
     clients (the SDK included) need each call whole, so they are buffered until a ``finish_reason`` or the
     end and then sent as one chunk.  Backend errors become one ``{"error": "<string>"}`` chunk, after which
     the translator stays silent (no ``done`` chunk follows an error in Ollama's protocol).
+
+    With ``whole``, nothing is emitted until the end, and ``finish`` gives the one reply a non-streaming
+    client gets: the stream folded, as Ollama folds its own (the texts joined, every tool call, every log
+    probability), measured like a stream.
     """
 
-    def __init__(self, *, model: str, kind: Kind, started: Instant, split_think_tags: bool = False) -> None:
+    def __init__(
+        self,
+        *,
+        model: str,
+        kind: Kind,
+        started: Instant,
+        think: Reasoning = Reasoning.RELAY,
+        arrived: Instant | None = None,
+        context_for: ContextFor | None = None,
+        whole: bool = False,
+    ) -> None:
         self._model = model
         self._kind: Kind = kind
         self._started = started
+        self._arrived = arrived
+        self._think = think
+        self._context_for = context_for
+        self._whole = whole
         self._first: Instant | None = None
         self._calls: dict[int, PendingCall] = {}
         self._finish_reason: object = None
         self._prompt_tokens: int | None = None
         self._completion_tokens: int | None = None
         self._logprobs: list[dict[str, Any]] = []
-        self._splitter = ThinkTagSplitter() if split_think_tags else None
+        self._splitter = ThinkTagSplitter() if think is not Reasoning.RELAY else None
+        # What the client has been given (or, whole, will be): the answer's text, for ``context`` too.
+        self._content: list[str] = []
+        self._thinking: list[str] = []
+        self._tool_calls: list[dict[str, Any]] = []
+        # The first characters of the content as the backend sent it, to see a leading <think>.
+        self._head = ""
+        self._reasoned = False
         self._failed = False
         self._finished = False
 
@@ -409,6 +498,12 @@ class StreamTranslator:
         """Whether the backend said why it stopped (a ``finish_reason``): a stream that ends without one
         and without ``[DONE]`` was cut short."""
         return self._finish_reason is not None
+
+    @property
+    def saw_reasoning(self) -> bool:
+        """Whether the model reasoned, whatever reached the client: a reasoning field with text, or
+        content that opened with ``<think>``."""
+        return self._reasoned or _opens_with_think(self._head)
 
     def feed(self, event: Mapping[str, Any], at: Instant) -> list[dict[str, Any]]:
         if self._failed or self._finished:
@@ -431,12 +526,14 @@ class StreamTranslator:
             content, thinking, fragments = _text(choice.get("text")), "", None
         if content or thinking or fragments:
             self._first = self._first or at
+        self._reasoned = self._reasoned or bool(thinking)
+        if content and len(self._head.lstrip()) < len(_OPEN_TAG):
+            self._head += content
         self._logprobs.extend(convert_logprobs(choice.get("logprobs")))
         if self._splitter is not None and content:
             tag_thinking, content = self._splitter.feed(content)
             thinking += tag_thinking
-        if content or thinking:
-            out.append(self._chunk(at, content, thinking))
+        out.extend(self._text_out(at, content, thinking))
         if isinstance(fragments, list):
             for fragment in fragments:
                 if isinstance(fragment, Mapping):
@@ -448,18 +545,34 @@ class StreamTranslator:
         return out
 
     def finish(self, at: Instant) -> list[dict[str, Any]]:
-        """The end of the backend stream: pending text and tool calls, then the ``done`` chunk."""
+        """The end of the backend stream: pending text and tool calls, then the ``done`` chunk (whole: the
+        one reply)."""
         if self._failed or self._finished:
             return []
         out = self._flush(at)
         if self._failed:
             return out
         self._finished = True
-        final = ollama_reply(self._model, self._kind, at, done_reason=done_reason(self._finish_reason))
-        final.update(_metrics(self._started, self._first, at, self._prompt_tokens, self._completion_tokens))
-        if self._logprobs:
-            final["logprobs"] = self._logprobs
-            self._logprobs = []
+        answer = "".join(self._content)
+        final = ollama_reply(
+            self._model,
+            self._kind,
+            at,
+            content=answer if self._whole else "",
+            thinking="".join(self._thinking),
+            tool_calls=self._tool_calls if self._whole else None,
+            done_reason=done_reason(self._finish_reason),
+            context=self._context_for(answer) if self._context_for else None,
+            metrics=_metrics(
+                self._started,
+                self._first,
+                at,
+                self._prompt_tokens,
+                self._completion_tokens,
+                arrived=self._arrived,
+            ),
+            logprobs=self._take_logprobs(),
+        )
         out.append(final)
         return out
 
@@ -471,25 +584,38 @@ class StreamTranslator:
         out: list[dict[str, Any]] = []
         if self._splitter is not None:
             thinking, content = self._splitter.flush()
-            if content or thinking:
-                out.append(self._chunk(at, content, thinking))
+            out.extend(self._text_out(at, content, thinking))
         if self._calls:
             calls = [self._calls[k] for k in sorted(self._calls)]
             self._calls = {}
-            if self._kind == "chat":
-                try:
-                    converted = _ollama_calls(calls)
-                except BackendError as exc:
-                    return [*out, *self._fail(exc.message)]
+            try:
+                converted = _ollama_calls(calls, first=len(self._tool_calls))
+            except BackendError as exc:
+                return [*out, *self._fail(exc.message)]
+            self._tool_calls.extend(converted)
+            if not self._whole:
                 out.append(ollama_reply(self._model, self._kind, at, tool_calls=converted))
         return out
 
-    def _chunk(self, at: Instant, content: str, thinking: str) -> dict[str, Any]:
-        chunk = ollama_reply(self._model, self._kind, at, content=content, thinking=thinking)
-        if self._logprobs:
-            chunk["logprobs"] = self._logprobs
-            self._logprobs = []
-        return chunk
+    def _text_out(self, at: Instant, content: str, thinking: str) -> list[dict[str, Any]]:
+        """Content and thinking as the client gets them: a chunk now, or (whole) kept for the end."""
+        if self._think is Reasoning.DROP:
+            thinking = ""
+        if not content and not thinking:
+            return []
+        self._content.append(content)
+        if self._whole:
+            self._thinking.append(thinking)
+            return []
+        chunk = ollama_reply(
+            self._model, self._kind, at, content=content, thinking=thinking, logprobs=self._take_logprobs()
+        )
+        return [chunk]
+
+    def _take_logprobs(self) -> list[dict[str, Any]] | None:
+        """The log probabilities gathered since the last chunk, for the one being built."""
+        taken, self._logprobs = self._logprobs, []
+        return taken or None
 
 
 def _metrics(
@@ -499,17 +625,27 @@ def _metrics(
     prompt_tokens: int | None,
     completion_tokens: int | None,
     *,
+    arrived: Instant | None = None,
     prompt_ns: int | None = None,
     eval_ns: int | None = None,
 ) -> dict[str, int]:
-    """Ollama's metric block, in its key order, with unknown and zero values left out."""
-    total = _duration(started.mono_ns, ended.mono_ns)
+    """Ollama's metric block, in its key order, with unknown and zero values left out.
+
+    ``arrived`` is when the request reached the daemon: ``total_duration`` is counted from there, and the
+    wait until ``started`` (the backend call) is ``load_duration``.
+    """
+    backend_ns = _duration(started.mono_ns, ended.mono_ns)
     if prompt_ns is None and eval_ns is None and first is not None:
         prompt_ns = _duration(started.mono_ns, first.mono_ns)
         eval_ns = _duration(first.mono_ns, ended.mono_ns)
     if eval_ns is None:
-        eval_ns = max(1, total - (prompt_ns or 0))
-    out: dict[str, int] = {"total_duration": total}
+        eval_ns = max(1, backend_ns - (prompt_ns or 0))
+    out: dict[str, int] = {}
+    if arrived is None:
+        out["total_duration"] = backend_ns
+    else:
+        out["total_duration"] = _duration(arrived.mono_ns, ended.mono_ns)
+        out["load_duration"] = _duration(arrived.mono_ns, started.mono_ns)
     if prompt_tokens:
         out["prompt_eval_count"] = prompt_tokens
     if prompt_ns:
@@ -548,7 +684,9 @@ def completion_to_reply(
     kind: Kind,
     started: Instant,
     ended: Instant,
-    split_think_tags: bool = False,
+    think: Reasoning = Reasoning.RELAY,
+    arrived: Instant | None = None,
+    context_for: ContextFor | None = None,
 ) -> dict[str, Any]:
     """A non-stream ``chat.completion`` / ``text_completion`` body as Ollama's one final object."""
     if not isinstance(body, Mapping):
@@ -566,22 +704,14 @@ def completion_to_reply(
         content, thinking, calls = _text(choice.get("text")), "", []
     else:
         raise BackendError("backend reply has neither a message nor text")
-    if split_think_tags:
+    if think is not Reasoning.RELAY:
         splitter = ThinkTagSplitter()
         tag_thinking, content = splitter.feed(content)
         rest_thinking, rest_content = splitter.flush()
         thinking = thinking + tag_thinking + rest_thinking
         content += rest_content
-
-    reply = ollama_reply(
-        model,
-        kind,
-        ended,
-        content=content,
-        thinking=thinking,
-        tool_calls=_ollama_calls(calls) if calls and kind == "chat" else None,
-        done_reason=done_reason(choice.get("finish_reason")),
-    )
+    if think is Reasoning.DROP:
+        thinking = ""
 
     usage = body.get("usage")
     usage = usage if isinstance(usage, Mapping) else {}
@@ -589,18 +719,24 @@ def completion_to_reply(
     timings = timings if isinstance(timings, Mapping) else {}
     prompt_tokens = _count(usage.get("prompt_tokens")) or _count(timings.get("prompt_n"))
     completion_tokens = _count(usage.get("completion_tokens")) or _count(timings.get("predicted_n"))
-    reply.update(
-        _metrics(
+    return ollama_reply(
+        model,
+        kind,
+        ended,
+        content=content,
+        thinking=thinking,
+        tool_calls=_ollama_calls(calls) if calls else None,
+        done_reason=done_reason(choice.get("finish_reason")),
+        context=context_for(content) if context_for else None,
+        metrics=_metrics(
             started,
             None,
             ended,
             prompt_tokens,
             completion_tokens,
+            arrived=arrived,
             prompt_ns=_timing_ns(timings, "prompt_ms"),
             eval_ns=_timing_ns(timings, "predicted_ms"),
-        )
+        ),
+        logprobs=convert_logprobs(choice.get("logprobs")) or None,
     )
-    logprobs = convert_logprobs(choice.get("logprobs"))
-    if logprobs:
-        reply["logprobs"] = logprobs
-    return reply

@@ -88,6 +88,55 @@ class OllamaStream:
         return error_line(message)
 
 
+class OllamaWhole:
+    """Ollama's whole reply from a backend stream, as an :class:`EventTranslator` that writes nothing:
+    the translator (made with ``whole=True``) folds the stream, and the handler answers with
+    :attr:`reply`, or with :attr:`error` as a real status, since nothing has reached the client yet."""
+
+    def __init__(self, translator: StreamTranslator) -> None:
+        self.translator = translator
+        self.reply: dict[str, Any] | None = None
+        self.error: str | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self.translator.failed or self.error is not None
+
+    @property
+    def saw_finish(self) -> bool:
+        return self.translator.saw_finish
+
+    @property
+    def usage(self) -> tuple[int | None, int | None]:
+        return self.translator.usage
+
+    @property
+    def first_token_at(self) -> Instant | None:
+        return self.translator.first_token_at
+
+    def start(self, at: Instant) -> bytes:
+        return b""
+
+    def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
+        self._keep(self.translator.feed(event, at))
+        return b""
+
+    def finish(self, at: Instant) -> bytes:
+        self._keep(self.translator.finish(at))
+        return b""
+
+    def fail(self, message: str) -> bytes:
+        self.error = self.error or message
+        return b""
+
+    def _keep(self, replies: list[dict[str, Any]]) -> None:
+        for reply in replies:
+            if "error" in reply:
+                self.error = self.error or reply["error"]
+            else:
+                self.reply = reply
+
+
 class EventStreamTransform:
     """Backend SSE bytes → the translator's bytes, one write per upstream read (``relay.StreamTransform``)."""
 

@@ -11,7 +11,8 @@ Policies:
 * :func:`template_for` writes a Go template in Ollama's own language (``.System``, ``.Messages``,
   ``.Prompt``, ``.Response``) with Phi-3-style turn markers, plus a section per capability, present exactly
   when the model has it: ``.Tools``, ``.ToolCalls`` and tool-result turns for ``tools``; a ``.Suffix``
-  fill-in-the-middle branch for ``insert``; ``.Thinking``, ``.IsThinkSet`` and ``.Think`` for ``thinking``.
+  fill-in-the-middle branch for ``insert``, with the family's own tokens (the prompt the daemon writes for
+  vLLM and llama.cpp); ``.Thinking``, ``.IsThinkSet`` and ``.Think`` for ``thinking``.
   A model without one of them has none of its words, in any case (no ``tool``, ``suffix`` or ``think``
   anywhere), so that no client's substring test can see a capability that is not there.
 * An embedding model's template is ``{{ .Prompt }}``, as Ollama's embedding models have.
@@ -37,6 +38,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+from ollama_proxy.translate.families import QWEN_FIM, FillInTheMiddle
+
 if TYPE_CHECKING:
     from ollama_proxy.translate.models import ModelInfo
 
@@ -52,10 +55,6 @@ PARAMETER_KEY_WIDTH: Final = 30
 _NOTE: Final = (
     "{{- /* ollama-proxy: the backend renders prompts with the model's own chat template;"
     " this one shows the parts of a request that reach it. */ -}}\n"
-)
-_FILL_IN_THE_MIDDLE: Final = (
-    "{{- if .Suffix }}<|fim_prefix|>{{ .Prompt }}<|fim_suffix|>{{ .Suffix }}<|fim_middle|>\n"
-    "{{- else if .Messages }}\n"
 )
 _SYSTEM_WITH_TOOLS: Final = """\
 {{- if or .System .Tools }}<|system|>
@@ -134,13 +133,20 @@ _PROMPT_ONLY: Final = """\
 {{- end }}"""
 
 
-def generated_template(capabilities: Iterable[str]) -> str:
-    """The template for a chat model with these capabilities (only tools, insert and thinking matter)."""
+def _fill_in_the_middle(fim: FillInTheMiddle | None) -> str:
+    """The ``.Suffix`` branch, with the model family's own tokens where they are known (Qwen's else)."""
+    prompt = (fim or QWEN_FIM).prompt("{{ .Prompt }}", "{{ .Suffix }}")
+    return f"{{{{- if .Suffix }}}}{prompt}\n{{{{- else if .Messages }}}}\n"
+
+
+def generated_template(capabilities: Iterable[str], fim: FillInTheMiddle | None = None) -> str:
+    """The template for a chat model with these capabilities (only tools, insert and thinking matter);
+    ``fim`` is how the model is prompted to fill in the middle, where known."""
     has = frozenset(capabilities)
     tools, insert, thinking = "tools" in has, "insert" in has, "thinking" in has
     parts = [
         _NOTE,
-        _FILL_IN_THE_MIDDLE if insert else "{{- if .Messages }}\n",
+        _fill_in_the_middle(fim) if insert else "{{- if .Messages }}\n",
         _SYSTEM_WITH_TOOLS if tools else _SYSTEM,
         _TURNS_START,
         _ASSISTANT_THINKING if thinking else "",
@@ -177,7 +183,7 @@ def template_for(info: ModelInfo) -> str:
     claimed = frozenset(info.capabilities) & {"tools", "insert", "thinking"}
     if info.chat_template and template_markers(info.chat_template) == claimed:
         return info.chat_template
-    return generated_template(claimed)
+    return generated_template(claimed, info.fim)
 
 
 # ---------------------------------------------------------------------------------------------------------
