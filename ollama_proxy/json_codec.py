@@ -71,10 +71,14 @@ def parse_json(
     (a batch of embeddings is a million numbers)."""
     if max_values is not None and _too_many_values(data, max_values):
         raise JSONRejected(f"JSON with more than {max_values} values")
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
+    if _long_digits(data):
+        # orjson reads an integer beyond 64 bits as a float, silently losing digits.
         value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
+    else:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
     # Nesting deeper than max_depth takes twice that many brackets: short texts (events) skip the count.
     if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
@@ -83,8 +87,8 @@ def parse_json(
 
 def _standard_loads(data: bytes | str, *, allow_constants: bool, max_depth: int) -> Any:
     """The standard library's reading, for what orjson refuses: its error messages say where JSON went
-    wrong, and it reads what orjson does not (``NaN`` where allowed, lone surrogate escapes, integers
-    beyond 64 bits), under the rules above."""
+    wrong, and it reads what orjson does not (``NaN`` where allowed, lone surrogate escapes), and reads
+    integers beyond 64 bits exactly, under the rules above."""
     try:
         return json.loads(data, parse_constant=None if allow_constants else _no_constants)
     except RecursionError:
@@ -95,6 +99,16 @@ def _standard_loads(data: bytes | str, *, allow_constants: bool, max_depth: int)
         raise
     except ValueError as exc:  # the int-digits limit
         raise JSONRejected(str(exc)) from None
+
+
+_LONG_DIGITS = re.compile(rb"[0-9]{19}")
+_LONG_DIGITS_TEXT = re.compile(r"[0-9]{19}")
+
+
+def _long_digits(data: bytes | str) -> bool:
+    """Whether a run of 19 digits (an integer that may not fit 64 bits) appears anywhere."""
+    found = _LONG_DIGITS.search(data) if isinstance(data, bytes) else _LONG_DIGITS_TEXT.search(data)
+    return found is not None
 
 
 def _too_many_values(data: bytes | str, limit: int) -> bool:
