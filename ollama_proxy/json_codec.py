@@ -54,6 +54,14 @@ def compact_json(obj: Any) -> bytes:
         return json.dumps(obj, separators=(",", ":")).encode("ascii")
 
 
+def json_line(obj: Any) -> bytes:
+    """:func:`compact_json` and a newline: one NDJSON line (orjson writes both at once)."""
+    try:
+        return orjson.dumps(obj, option=orjson.OPT_APPEND_NEWLINE)
+    except TypeError:
+        return compact_json(obj) + b"\n"
+
+
 def _no_constants(name: str) -> Any:
     raise JSONRejected(f"{name} is not a JSON number")
 

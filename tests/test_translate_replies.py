@@ -849,7 +849,7 @@ def split_feed(text: str, cuts: list[int]) -> tuple[str, str]:
     return thinking + t, content + c
 
 
-@settings(max_examples=500)
+@settings(max_examples=500, deadline=None)
 @given(TAGGY, st.data())
 def test_property_think_tags_split_invariant(text: str, data: st.DataObject) -> None:
     cuts = data.draw(st.lists(st.integers(0, len(text)), max_size=10))
@@ -915,7 +915,7 @@ def streams(
     return events, content_parts, thinking_parts, calls
 
 
-@settings(max_examples=300)
+@settings(max_examples=300, deadline=None)
 @given(streams())
 def test_property_stream(
     case: tuple[list[dict[str, Any]], list[str], list[str], list[tuple[str, dict[str, Any]]]],

@@ -94,7 +94,8 @@ def ollama_reply(
     if kind == "chat":
         if logprobs:
             reply["logprobs"] = logprobs
-        reply.update(metrics or {})
+        if metrics:
+            reply.update(metrics)
         return reply
     if context:  # Ollama's omitempty: an empty context is no field
         reply["context"] = context
@@ -132,8 +133,9 @@ def reasoning(container: Mapping[str, Any]) -> str:
 
 
 def first_choice(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
+    # Decoded JSON: a dict is the only mapping there is (an ABC isinstance costs per event).
     choices = event.get("choices")
-    if isinstance(choices, list) and choices and isinstance(choices[0], Mapping):
+    if isinstance(choices, list) and choices and isinstance(choices[0], dict):
         return choices[0]
     return None
 
@@ -511,7 +513,7 @@ class StreamTranslator:
         if event.get("error"):
             return self._fail(error_text(event["error"]))
         usage = event.get("usage")
-        if isinstance(usage, Mapping):
+        if isinstance(usage, dict):
             self._prompt_tokens = _count(usage.get("prompt_tokens")) or self._prompt_tokens
             self._completion_tokens = _count(usage.get("completion_tokens")) or self._completion_tokens
         choice = first_choice(event)
@@ -519,7 +521,7 @@ class StreamTranslator:
             return []
         out: list[dict[str, Any]] = []
         delta = choice.get("delta")
-        if isinstance(delta, Mapping):
+        if isinstance(delta, dict):
             content, thinking = _text(delta.get("content")), reasoning(delta)
             fragments = delta.get("tool_calls")
         else:
@@ -529,14 +531,16 @@ class StreamTranslator:
         self._reasoned = self._reasoned or bool(thinking)
         if content and len(self._head.lstrip()) < len(_OPEN_TAG):
             self._head += content
-        self._logprobs.extend(convert_logprobs(choice.get("logprobs")))
+        logprobs = choice.get("logprobs")
+        if logprobs:
+            self._logprobs.extend(convert_logprobs(logprobs))
         if self._splitter is not None and content:
             tag_thinking, content = self._splitter.feed(content)
             thinking += tag_thinking
         out.extend(self._text_out(at, content, thinking))
         if isinstance(fragments, list):
             for fragment in fragments:
-                if isinstance(fragment, Mapping):
+                if isinstance(fragment, dict):
                     merge_fragment(self._calls, fragment)
         finish_reason = choice.get("finish_reason")
         if finish_reason is not None:
@@ -614,8 +618,10 @@ class StreamTranslator:
 
     def _take_logprobs(self) -> list[dict[str, Any]] | None:
         """The log probabilities gathered since the last chunk, for the one being built."""
+        if not self._logprobs:
+            return None
         taken, self._logprobs = self._logprobs, []
-        return taken or None
+        return taken
 
 
 def _metrics(

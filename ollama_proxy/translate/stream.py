@@ -79,7 +79,10 @@ class OllamaStream:
         return b""
 
     def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
-        return b"".join(ndjson_line(chunk) for chunk in self.translator.feed(event, at))
+        chunks = self.translator.feed(event, at)
+        if len(chunks) == 1:  # the usual event: one content delta
+            return ndjson_line(chunks[0])
+        return b"".join([ndjson_line(chunk) for chunk in chunks])
 
     def finish(self, at: Instant) -> bytes:
         return b"".join(ndjson_line(chunk) for chunk in self.translator.finish(at))

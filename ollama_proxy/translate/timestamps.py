@@ -24,11 +24,12 @@ def _fraction(wall: float) -> tuple[int, str]:
     return seconds, f".{digits}" if digits else ""
 
 
+@functools.lru_cache(maxsize=1)
 def rfc3339_utc(wall: float) -> str:
     """``created_at``: UTC with ``Z``, e.g. ``2025-06-01T10:00:00.123456789Z``.
 
-    Every streamed chunk carries one, so the date and time of day are formatted once per second
-    (``_utc_second``) and only the fraction per call."""
+    Every streamed chunk carries one, and the chunks of one backend read share their clock reading: the
+    last one is kept, and the date and time of day are formatted once per second (``_utc_second``)."""
     seconds, fraction = _fraction(wall)
     return _utc_second(seconds) + fraction + "Z"
 

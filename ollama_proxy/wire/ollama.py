@@ -13,7 +13,7 @@ from typing import Any
 
 from ollama_proxy.errors import BackendRejected, ModelNotFound, ProxyError
 from ollama_proxy.exchange import Exchange, Family
-from ollama_proxy.json_codec import compact_json
+from ollama_proxy.json_codec import json_line
 from ollama_proxy.wire.answer import Answer, Wire, json_answer
 
 NDJSON_TYPE = b"application/x-ndjson"
@@ -21,7 +21,7 @@ NDJSON_TYPE = b"application/x-ndjson"
 
 def ndjson_line(obj: Mapping[str, Any]) -> bytes:
     """One NDJSON line: compact JSON and a newline, never a blank line."""
-    return compact_json(obj) + b"\n"
+    return json_line(obj)
 
 
 def ndjson_answer(lines: Iterable[Mapping[str, Any]]) -> Answer:
