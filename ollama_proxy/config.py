@@ -87,6 +87,9 @@ class ProxyConfig:
     models_timeout: float = 10.0
     connect_timeout: float = 10.0
     stall_timeout: float = 60.0
+    client_header_timeout: float = 60.0
+    client_body_timeout: float = 60.0
+    keep_alive_timeout: float = 60.0
     idle_timeout: float = 300.0
     embed_batch_size: int = 256
     headers_timeout: float = 600.0
@@ -97,6 +100,8 @@ class ProxyConfig:
     max_body: int = 32 * 1024 * 1024  # docs/operations.md, "Memory per request"
     max_concurrent: int = 64
     max_queue: int = 512
+    max_connections: int | None = None  # None: as many as the open-file limit leaves room for
+    max_connections_per_client: int | None = None  # None: no limit per client address
     drain_timeout: float = 30.0
     client_keys_file: str | None = None
     client_keys: frozenset[str] = attrs.field(default=frozenset(), repr=False)
@@ -297,7 +302,26 @@ SETTINGS: tuple[Setting, ...] = (
         "Seconds a backend's /models answer may take, headers and body (the previous list is kept).",
     ),
     Setting("connect-timeout", _positive_float, "Seconds to wait for a backend connection."),
-    Setting("stall-timeout", _positive_float, "Seconds a client may stop reading a stream before it is cut."),
+    Setting(
+        "stall-timeout",
+        _positive_float,
+        "Seconds a client may leave its response unread (send buffer full) before its connection is aborted.",
+    ),
+    Setting(
+        "client-header-timeout",
+        _positive_float,
+        "Seconds a client has to send a request's line and headers, from its first byte (408 beyond).",
+    ),
+    Setting(
+        "client-body-timeout",
+        _positive_float,
+        "Seconds a client has to send a request's body once its headers are in (408 beyond).",
+    ),
+    Setting(
+        "keep-alive-timeout",
+        _positive_float,
+        "Seconds an idle client connection stays open between requests.",
+    ),
     Setting("idle-timeout", _positive_float, "Seconds a backend stream may go silent before it is ended."),
     Setting(
         "embed-batch-size", _positive_int, "Inputs per backend /embeddings request (larger lists are split)."
@@ -312,6 +336,16 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max-body", _byte_size, "Largest request body accepted (413 beyond), e.g. 32MiB."),
     Setting("max-concurrent", _positive_int, "Backend requests in flight at once."),
     Setting("max-queue", _non_negative_int, "Requests that may wait for a backend slot (503 beyond)."),
+    Setting(
+        "max-connections",
+        _positive_int,
+        "Client connections open at once, per process (503 beyond; default: as the open-file limit allows).",
+    ),
+    Setting(
+        "max-connections-per-client",
+        _positive_int,
+        "Client connections one address may hold open, per process (503 beyond; off when unset).",
+    ),
     Setting("drain-timeout", _positive_float, "Seconds in-flight requests get to finish on SIGTERM."),
     Setting("workers", _positive_int, "Processes serving the listening sockets (1: this one alone).", "w"),
     Setting("client-keys-file", str, "Bearer tokens clients must present, one per line (off when unset)."),

@@ -77,11 +77,35 @@ class MethodNotAllowed(ProxyError):
         return ((b"allow", ", ".join(self.allowed).encode()),)
 
 
+class RequestTimeout(ProxyError):
+    """A client that did not send its request's head, or its body, within the time allowed."""
+
+    status = 408
+
+
 class PayloadTooLarge(ProxyError):
     status = 413
 
     def __init__(self, limit: int) -> None:
         super().__init__(f"request body too large: the limit is {limit} bytes")
+
+
+class URITooLong(ProxyError):
+    """A request line longer than the daemon reads."""
+
+    status = 414
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request line too long: the limit is {limit} bytes")
+
+
+class HeadersTooLarge(ProxyError):
+    """A request head (request line and headers together) larger than the daemon reads."""
+
+    status = 431
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(f"request headers too large: the limit is {limit} bytes")
 
 
 class ManagedByBackend(ProxyError):

@@ -45,7 +45,11 @@ class Outcome(enum.Enum):
     COMPLETED = "completed"
     STREAM_ERROR = "stream_error"  # a stream that ended with an error line/event after output began
     CLIENT_GONE = "client_gone"
-    TOO_LARGE = "too_large"
+    # Cut off for slowness: a request head or body that did not arrive in time (408), or a client that
+    # stopped reading its response (its connection aborted after --stall-timeout).
+    CLIENT_TOO_SLOW = "client_too_slow"
+    TOO_LARGE = "too_large"  # a body (413), request line (414) or head (431) over its limit
+    REFUSED = "refused"  # a connection over --max-connections or --max-connections-per-client (503)
 
 
 class Interruptible(Protocol):
@@ -70,6 +74,8 @@ class Exchange:
     first_token_seconds: float | None = None
     decode_seconds: float | None = None
     stream_failed: bool = False
+    # The connection was aborted because the client stopped reading (--stall-timeout).
+    cut_off: bool = False
     # The client authenticated with one of the daemon's client keys (its Authorization is not the
     # backend's business then).
     client_key: bool = False

@@ -130,6 +130,12 @@ class Metrics:
             ["endpoint"],
             registry=registry,
         )
+        self.connections_refused = Counter(
+            f"{PREFIX}_connections_refused",
+            "Client connections refused over a connection limit, by limit.",
+            ["limit"],
+            registry=registry,
+        )
         ProcessCollector(namespace="", registry=registry)
         self._live: list[Callable[[], Iterable[Metric]]] = [_process_extras]
         registry.register(_LiveGauges(self._collect_live))
@@ -156,6 +162,10 @@ class Metrics:
         self.request_seconds.labels(endpoint).observe(seconds)
         if gone:
             self.client_disconnects.labels(endpoint).inc()
+
+    def connection_refused(self, limit: str) -> None:
+        """``limit``: ``max_connections`` or ``max_connections_per_client``."""
+        self.connections_refused.labels(limit).inc()
 
     def generation(
         self,

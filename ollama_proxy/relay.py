@@ -5,9 +5,10 @@ One object plays two roles.  As the ``IProtocol`` that receives the backend body
 read to the client as one HTTP chunk; as the ``IPushProducer`` registered on the client request it pauses
 and resumes reading from the backend socket when the client's buffer fills and drains, so a slow client
 slows the backend through TCP flow control instead of filling the daemon's memory.  Twisted turns off its
-own idle timeout while a request is in flight, so the relay keeps two timers of its own: a client that
-stops reading for ``stall_timeout`` and a backend that sends nothing for ``idle_timeout`` both end the
-stream with an error instead of holding a backend slot forever.
+own idle timeout while a request is in flight, so the relay keeps a timer of its own: a backend that sends
+nothing for ``idle_timeout`` ends the stream with an error instead of holding a backend slot forever.  A
+client that stops reading is the connection's business (``site.ProxyChannel``, ``--stall-timeout``): it
+aborts the connection, and the relay, told the client is gone, stops the backend request.
 
 A stream's error carries the backend's words, which may quote the credentials it was sent, so what is
 written once the stream has failed, or holds an ``"error"`` key, passes the scrubber first.  A healthy
@@ -68,7 +69,6 @@ class StreamRelay(TwistedProtocol):
         transform: StreamTransform,
         clock: IReactorTime,
         *,
-        stall_timeout: float,
         idle_timeout: float,
         before_finish: Callable[[], None] | None = None,
     ) -> None:
@@ -77,9 +77,7 @@ class StreamRelay(TwistedProtocol):
         self._scrubber = request.proxy_site.scrubber
         self._clock = clock
         self._before_finish = before_finish
-        self._stall_timeout = stall_timeout
         self._idle_timeout = idle_timeout
-        self._stall: IDelayedCall | None = None
         self._idle: IDelayedCall | None = None
         self._paused = False
         # How the stream is being ended early: _QUIET (client gone, or the stream carried its own error)
@@ -161,20 +159,17 @@ class StreamRelay(TwistedProtocol):
     # -- the client side (IPushProducer, called by the HTTP channel) -----------------------------------
 
     def pauseProducing(self) -> None:
-        # Called on every write while the channel's buffer is full: idempotent, one stall timer.
+        # Called on every write while the channel's buffer is full: idempotent.
         if self._paused:
             return
         self._paused = True
         if self.transport is not None:
             self.transport.pauseProducing()  # type: ignore[attr-defined]
-        self._stall = self._clock.callLater(self._stall_timeout, self._client_stalled)
 
     def resumeProducing(self) -> None:
         if not self._paused:
             return
         self._paused = False
-        self._cancel(self._stall)
-        self._stall = None
         if self.transport is not None:
             self.transport.resumeProducing()  # type: ignore[attr-defined]
 
@@ -194,15 +189,6 @@ class StreamRelay(TwistedProtocol):
             note()
 
     # -- endings ---------------------------------------------------------------------------------------
-
-    def _client_stalled(self) -> None:
-        self._stall = None
-        self._abort(_QUIET)
-        # The client stopped reading: no error line could reach it, and a polite close would wait for
-        # its full buffers to drain, so the connection is aborted.
-        channel: Any = self._request.channel
-        if channel is not None and channel.transport is not None:
-            channel.transport.abortConnection()
 
     def _backend_idle(self) -> None:
         self._idle = None
@@ -250,11 +236,6 @@ class StreamRelay(TwistedProtocol):
             self._idle = self._clock.callLater(self._idle_timeout, self._backend_idle)
 
     def _cancel_timers(self) -> None:
-        self._cancel(self._stall)
-        self._cancel(self._idle)
-        self._stall = self._idle = None
-
-    @staticmethod
-    def _cancel(call: IDelayedCall | None) -> None:
-        if call is not None and call.active():
-            call.cancel()
+        if self._idle is not None and self._idle.active():
+            self._idle.cancel()
+        self._idle = None

@@ -25,11 +25,12 @@ from ollama_proxy.config import ProxyConfig, load_client_keys, load_model_map
 from ollama_proxy.errors import BackendError, ConfigError, Overloaded
 from ollama_proxy.logs import untrusted
 from ollama_proxy.metrics import gauge
+from ollama_proxy.open_files import connection_budget
 from ollama_proxy.resilience import BreakerState
 from ollama_proxy.resources import build_root
 from ollama_proxy.sdnotify import describe
 from ollama_proxy.signals import SignalHandlers, install_when_running, stop_once
-from ollama_proxy.site import ProxySite
+from ollama_proxy.site import ClientLimits, ProxySite
 
 log = Logger(namespace="ollama_proxy.service")
 
@@ -118,6 +119,14 @@ class ProxyService(MultiService):
             known_model=self.app.catalog.knows,
             log_bodies=config.log_bodies,
             scrubber=self.app.scrubber,
+            limits=ClientLimits(
+                header_timeout=config.client_header_timeout,
+                body_timeout=config.client_body_timeout,
+                stall_timeout=config.stall_timeout,
+                keep_alive_timeout=config.keep_alive_timeout,
+                max_connections=config.max_connections or connection_budget(config),
+                max_connections_per_client=config.max_connections_per_client,
+            ),
         )
         self.app.metrics.add_live(self.site.live_gauges)
         self.app.metrics.add_live(self._backend_gauges)
@@ -138,6 +147,10 @@ class ProxyService(MultiService):
                 backend=client.base_url,
                 dialect=client.dialect.value,
             )
+        log.info(
+            "ollama-proxy accepts {connections} client connections at once",
+            connections=self.site.limits.max_connections,
+        )
         super().startService()
         self._refresh.start(self.config.models_ttl, now=False)
         if self._handle_signals and self._signals is None:

@@ -1,6 +1,8 @@
 """The HTTP site: a Request subclass that decides, before any handler runs, whether a request may proceed
 (body size, CORS origin, client token), carries the request id, and writes the access log when the
-request really ends.
+request really ends; and a channel subclass, the client's connection, that holds it to the site's
+``ClientLimits`` (how many connections, how long for a request's head and body, how large a head, how long
+a response may wait unread).
 
 ``Site.log`` is not called for requests whose client went away mid-stream, which are exactly the ones an
 operator most needs to see, so the access event is written from ``finish()`` and ``connectionLost()``.
@@ -10,6 +12,7 @@ chunked body passes the limit; the rest of it is read and dropped so the client 
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import re
@@ -17,8 +20,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import attrs
 from prometheus_client.core import Metric
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -28,7 +33,16 @@ from twisted.web.resource import Resource
 from twisted.web.server import Request, Site
 
 from ollama_proxy.access import ALLOWED_HEADERS, ALLOWED_METHODS, ClientKeys, CorsPolicy
-from ollama_proxy.errors import Forbidden, PayloadTooLarge, ProxyError, Unauthorized
+from ollama_proxy.errors import (
+    Forbidden,
+    HeadersTooLarge,
+    Overloaded,
+    PayloadTooLarge,
+    ProxyError,
+    RequestTimeout,
+    Unauthorized,
+    URITooLong,
+)
 from ollama_proxy.exchange import Exchange, Family, Outcome
 from ollama_proxy.logs import untrusted
 from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
@@ -40,6 +54,7 @@ from ollama_proxy.wire.answer import Answer, Wire, json_answer, raw_response
 WIRES: dict[Family, Wire] = {Family.OLLAMA: ollama.WIRE, Family.OPENAI: openai.WIRE}
 
 access_log = Logger(namespace="ollama_proxy.access")
+log = Logger(namespace="ollama_proxy.site")
 
 # A client-supplied X-Request-ID is kept only when it is a plain token, so it cannot forge log lines.
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:@/+=-]{1,128}$")
@@ -49,6 +64,14 @@ OPEN_PATHS = frozenset({b"/", b"/health", b"/ready"})
 CLIENT_CLOSED_REQUEST = 499
 # How long the rest of an oversized body is read and dropped before the connection is closed anyway.
 LINGER_SECONDS = 10.0
+# How long a connection answered before its request was read whole (408, 414, 431, a refusal) goes on being
+# read, and what comes dropped, before it is aborted: time for the client to read the answer and close.
+CLOSE_LINGER = 2.0
+# Beyond this many refused connections still closing, a refused connection is aborted at once (its answer
+# may be lost): a client that opens connections faster than it closes them cannot hold descriptors that way.
+REFUSED_CLOSING_MAX = 32
+# How much of a request line too long to read is kept for the access log.
+LOGGED_URI_BYTES = 256
 
 
 class ProxyRequest(Request):
@@ -62,7 +85,8 @@ class ProxyRequest(Request):
 
     def __init__(self, channel: Any, *args: Any, **kwargs: Any) -> None:
         super().__init__(channel, *args, **kwargs)
-        self.exchange = Exchange()
+        # Started when its request line is in; process() starts it again once the whole request is.
+        self.exchange = Exchange(started=time.monotonic())
 
     @property
     def proxy_site(self) -> ProxySite:
@@ -105,16 +129,29 @@ class ProxyRequest(Request):
         and the rest of the body is read and dropped for a while so the client sees it."""
         self.oversized = True
         self.content = io.BytesIO()
-        answer = self.wire.error(PayloadTooLarge(self.proxy_site.max_body), self.exchange)
-        transport = self._transport
-        transport.write(raw_response(answer))
+        self._write_early(PayloadTooLarge(self.proxy_site.max_body))
+        self.proxy_site.clock.callLater(LINGER_SECONDS, self._transport.loseConnection)
+
+    def answer_early(self, error: ProxyError, outcome: Outcome, method: bytes, uri: bytes) -> None:
+        """Answer a request that was not read whole (its head or body too slow, its head too large, its
+        connection over a limit) with ``error``, in the family of the path read so far, and write its
+        access event.  The channel closes the connection."""
+        self.method, self.uri = method, uri
+        self.path = uri.split(b"?", 1)[0]
+        self.exchange.family = Family.for_path(self.path or b"/")
+        self._write_early(error)
+        self._log_access(outcome)
+
+    def _write_early(self, error: ProxyError) -> None:
+        """``error`` in the family's words, written straight to the transport with ``Connection: close``:
+        what is said before Twisted's request machinery runs."""
+        answer = self.wire.error(error, self.exchange)
+        self._transport.write(raw_response(answer))
         self.code = answer.status
-        self.exchange.started = time.monotonic()
-        self.proxy_site.clock.callLater(LINGER_SECONDS, transport.loseConnection)
 
     def requestReceived(self, command: bytes, path: bytes, version: bytes) -> None:
         if self.oversized:
-            self.method, self.uri = command, path
+            self.method, self.uri, self.path = command, path, path.split(b"?", 1)[0]
             self._log_access(Outcome.TOO_LARGE)
             self._transport.loseConnection()
             return
@@ -238,7 +275,7 @@ class ProxyRequest(Request):
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
         super().connectionLost(reason)
-        self._log_access(Outcome.CLIENT_GONE)
+        self._log_access(Outcome.CLIENT_TOO_SLOW if self.exchange.cut_off else Outcome.CLIENT_GONE)
 
     def _log_access(self, outcome: Outcome) -> None:
         exchange = self.exchange
@@ -277,21 +314,70 @@ class ProxyRequest(Request):
         )
 
 
+def _unsent_bytes(transport: Any) -> int | None:
+    """How much output a TCP or UNIX transport still holds (Twisted's ``FileDescriptor`` buffers), or None
+    for one that keeps it elsewhere (TLS): a smaller number later means the client read some."""
+    try:
+        return len(transport.dataBuffer) - int(transport.offset) + int(transport._tempDataLen)
+    except (AttributeError, TypeError):
+        return None
+
+
 def _peer(request: Request) -> str:
     address: Any = request.getClientAddress()
     host = getattr(address, "host", None)
     return str(host) if host is not None else str(address)
 
 
+@attrs.frozen
+class ClientLimits:
+    """What one client connection may take of the daemon: time to send a request head and a body, time
+    to read what it is sent, idle time between requests, and how many connections may be open at once
+    (in all, and from one address; None: no limit)."""
+
+    header_timeout: float = 60.0
+    body_timeout: float = 60.0
+    stall_timeout: float = 60.0
+    keep_alive_timeout: float = 60.0
+    max_connections: int | None = None
+    max_connections_per_client: int | None = None
+
+
 class ProxyChannel(HTTPChannel):
-    """A client connection that tells its site when it opens and closes.
+    """A client connection: it tells its site when it opens and closes, and holds the client to the site's
+    :class:`ClientLimits`.
 
     Used in place of Twisted's default protocol, a proxy that exists to switch to HTTP/2 after a TLS ALPN
     negotiation: this daemon serves neither (an h2c upgrade offer is ignored), and the site needs an exact
-    count of its open connections (graceful shutdown, and ``--workers`` sharing them out).
+    count of its open connections (graceful shutdown, the connection limits, and ``--workers`` sharing
+    them out).
+
+    Twisted's own idle timeout starts again at every byte received, so a client that trickles its request a
+    byte at a time is never timed out by it; here a request's head must be in within ``header_timeout`` of
+    its first byte and its body within ``body_timeout`` of its head, or the client gets a 408.  A client
+    that stops reading is found through its transport, which pauses the channel when its send buffer is
+    full and resumes it once the buffer has drained: a pause in which the client reads nothing for
+    ``stall_timeout`` aborts the connection, whether a stream is being relayed or a whole response is
+    waiting to be read.  A client that reads, however slowly, is left alone (a large answer over a slow
+    link can take longer than ``stall_timeout`` to drain).
     """
 
     site: ProxySite
+    requests: list[ProxyRequest]  # the site's request factory makes them
+    transport: Any  # a TCP (or UNIX, or TLS) transport: it can abort and half-close
+    client_host: str | None = None  # the peer's IP address, for the per-client limit
+    admitted = False  # counted among the site's connections (not refused over a limit)
+    _head_deadline: IDelayedCall | None = None
+    _body_deadline: IDelayedCall | None = None
+    _stall: IDelayedCall | None = None
+    _unsent_at_last_look: int | None = None
+    # Set once the connection has been answered early and is closing: what the client still sends is
+    # dropped until it closes, or this call aborts the connection.
+    _closing: IDelayedCall | None = None
+
+    @property
+    def _limits(self) -> ClientLimits:
+        return self.site.limits
 
     def connectionMade(self) -> None:
         super().connectionMade()
@@ -299,11 +385,161 @@ class ProxyChannel(HTTPChannel):
         set_no_delay = getattr(self.transport, "setTcpNoDelay", None)
         if set_no_delay is not None:
             set_no_delay(True)
-        self.site.connection_opened(self)
+        self.client_host = getattr(self.transport.getPeer(), "host", None)
+        refusal = self.site.admit(self)
+        if refusal is not None:
+            self._answer_early(refusal, Outcome.REFUSED)
+            if len(self.site.refused) > REFUSED_CLOSING_MAX:
+                self.transport.abortConnection()
 
     def connectionLost(self, reason: Failure = connectionDone) -> None:
+        for call in (self._head_deadline, self._body_deadline, self._stall, self._closing):
+            self._cancel(call)
+        self._head_deadline = self._body_deadline = self._stall = self._closing = None
         super().connectionLost(reason)
         self.site.connection_closed(self)
+
+    # -- reading a request: its head and its body, each against its deadline ---------------------------
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._closing is not None:
+            return
+        # A request head starts with its first byte (blank lines between requests do not count).
+        if (
+            self._head_deadline is None
+            and self.line_mode
+            and not self._handlingRequest
+            and data.strip(b"\r\n")
+        ):
+            self._head_deadline = self.callLater(self._limits.header_timeout, self._head_too_slow)
+        super().dataReceived(data)
+
+    def lineReceived(self, line: bytes) -> None:
+        if self._closing is not None:
+            return
+        if self._receivedHeaderSize + len(line) > self.totalHeadersSize:
+            self._head_too_large(line)
+            return
+        super().lineReceived(line)
+
+    def lineLengthExceeded(self, line: bytes) -> None:
+        """A line longer than Twisted reads (16 KiB), which it would close the connection on, unanswered."""
+        if self._closing is None:
+            self._head_too_large(line)
+
+    def rawDataReceived(self, data: bytes) -> None:
+        if self._closing is None:
+            super().rawDataReceived(data)
+
+    def allHeadersReceived(self) -> None:
+        self._cancel(self._head_deadline)
+        self._head_deadline = None
+        if self.length != 0:  # a body follows (None: a chunked one)
+            self._body_deadline = self.callLater(self._limits.body_timeout, self._body_too_slow)
+        super().allHeadersReceived()
+
+    def allContentReceived(self) -> None:
+        self._cancel(self._body_deadline)
+        self._body_deadline = None
+        super().allContentReceived()
+
+    def _head_too_slow(self) -> None:
+        self._head_deadline = None
+        seconds = self._limits.header_timeout
+        error = RequestTimeout(f"the request's headers did not arrive within {seconds:g} seconds")
+        self._answer_early(error, Outcome.CLIENT_TOO_SLOW, self._buffer)
+
+    def _body_too_slow(self) -> None:
+        self._body_deadline = None
+        if self.requests[-1].oversized:  # its 413 is out already
+            self.transport.loseConnection()
+            return
+        seconds = self._limits.body_timeout
+        error = RequestTimeout(f"the request body did not arrive within {seconds:g} seconds")
+        self._answer_early(error, Outcome.CLIENT_TOO_SLOW)
+
+    def _head_too_large(self, line: bytes) -> None:
+        limit = self.totalHeadersSize
+        if self._reading_request_line:
+            self._answer_early(URITooLong(limit), Outcome.TOO_LARGE, line)
+        else:
+            self._answer_early(HeadersTooLarge(limit), Outcome.TOO_LARGE)
+
+    @property
+    def _reading_request_line(self) -> bool:
+        # Twisted keeps the parsed request line in these until the request has been read whole.
+        return not hasattr(self, "_path")
+
+    # -- answering before Twisted's request machinery runs, and closing -----------------------------------
+
+    def _answer_early(self, error: ProxyError, outcome: Outcome, partial_line: bytes = b"") -> None:
+        """Answer the request being read with ``error`` and close the connection.
+
+        Its request line is Twisted's, or, while that line is still coming, what has come of it
+        (``partial_line``): either way its path decides the family of the answer.  The connection is
+        closed as a polite server closes: the answer, then the end of the write side, so the client reads
+        the answer and then the end; what the client goes on sending is read and dropped until it closes,
+        or for ``CLOSE_LINGER`` seconds, when the connection is aborted.  (Closed at once with unread input
+        the socket would be reset instead, and the reset can destroy the answer before the client reads it:
+        Python's http.client, hence requests, lost eight answers in ten that way.)
+        """
+        for call in (self._head_deadline, self._body_deadline):
+            self._cancel(call)
+        self._head_deadline = self._body_deadline = None
+        if self._reading_request_line:
+            method, _, rest = partial_line.partition(b" ")
+            uri = rest.split(b" ", 1)[0][:LOGGED_URI_BYTES]
+            request = ProxyRequest(self)
+        else:
+            method, uri, request = self._command, self._path, self.requests[-1]
+        request.answer_early(error, outcome, method[:LOGGED_URI_BYTES], uri)
+        self.setTimeout(None)
+        self._closing = self.callLater(CLOSE_LINGER, self.transport.abortConnection)
+        half_close = getattr(self.transport, "loseWriteConnection", None)
+        if half_close is not None:
+            half_close()
+        else:
+            self.transport.loseConnection()
+
+    # -- sending: a client that stops reading ------------------------------------------------------------
+
+    def pauseProducing(self) -> None:
+        super().pauseProducing()  # called at every write while the buffer is full: one watch
+        if self._stall is None and self._closing is None:
+            self._watch_stall()
+
+    def resumeProducing(self) -> None:
+        self._cancel(self._stall)
+        self._stall = None
+        super().resumeProducing()
+
+    def _watch_stall(self) -> None:
+        self._unsent_at_last_look = _unsent_bytes(self.transport)
+        self._stall = self.callLater(self._limits.stall_timeout, self._look_for_a_stall)
+
+    def _look_for_a_stall(self) -> None:
+        """The send buffer has been full for ``stall_timeout``: a client that read something meanwhile is
+        slow, and is watched for as long again; one that read nothing is cut off (no answer could reach it,
+        and a polite close would wait for the buffers it does not read), and a stream being relayed stops
+        its backend request as the connection goes."""
+        self._stall = None
+        before, now = self._unsent_at_last_look, _unsent_bytes(self.transport)
+        if before is not None and now is not None and now < before:
+            self._watch_stall()
+            return
+        log.info(
+            "aborting the connection of {client}: it read nothing for {seconds:g} seconds",
+            client=self.client_host,
+            seconds=self._limits.stall_timeout,
+        )
+        for request in self.requests:
+            request.exchange.cut_off = True
+        self.transport.abortConnection()
+
+    @staticmethod
+    def _cancel(call: IDelayedCall | None) -> None:
+        if call is not None and call.active():
+            call.cancel()
 
 
 class ProxySite(Site):
@@ -323,8 +559,12 @@ class ProxySite(Site):
         known_model: Callable[[str], bool] = lambda _: False,
         log_bodies: bool = False,
         scrubber: Scrubber | None = None,
+        limits: ClientLimits | None = None,
     ) -> None:
-        super().__init__(root)
+        self.limits = limits or ClientLimits()
+        # Twisted's idle timeout of a connection between requests (and while one is read) is the
+        # keep-alive timeout; on the site's clock, like every other timer.
+        super().__init__(root, timeout=self.limits.keep_alive_timeout, reactor=clock)
         # Nothing here takes HTML form posts; not parsing them saves an email.message header parse on
         # every POST (a tenth of the daemon's CPU on /api/chat in the profile).  Requests copy this flag.
         self._parsePOSTFormSubmission = False
@@ -344,14 +584,49 @@ class ProxySite(Site):
         # whoever shares connections out between workers is told how many there are.
         self.connections: set[ProxyChannel] = set()
         self.connections_changed: Callable[[int], object] | None = None
+        self._per_client: collections.Counter[str] = collections.Counter()
+        # Connections refused over a limit, while they are answered and closed.
+        self.refused: set[ProxyChannel] = set()
 
-    def connection_opened(self, channel: ProxyChannel) -> None:
-        self.connections.add(channel)
-        if self.connections_changed is not None:
-            self.connections_changed(len(self.connections))
+    def admit(self, channel: ProxyChannel) -> Overloaded | None:
+        """Count a new connection in, or say why it is refused (a connection limit is reached)."""
+        limits = self.limits
+        host = channel.client_host
+        if limits.max_connections is not None and len(self.connections) >= limits.max_connections:
+            self.metrics.connection_refused("max_connections")
+            refusal = Overloaded(
+                f"too many connections: the server's limit is {limits.max_connections}; try again later"
+            )
+        elif (
+            limits.max_connections_per_client is not None
+            and host is not None
+            and self._per_client[host] >= limits.max_connections_per_client
+        ):
+            self.metrics.connection_refused("max_connections_per_client")
+            refusal = Overloaded(
+                f"too many connections from {host}: the limit is {limits.max_connections_per_client}"
+            )
+        else:
+            channel.admitted = True
+            self.connections.add(channel)
+            if host is not None:
+                self._per_client[host] += 1
+            if self.connections_changed is not None:
+                self.connections_changed(len(self.connections))
+            return None
+        self.refused.add(channel)
+        return refusal
 
     def connection_closed(self, channel: ProxyChannel) -> None:
+        self.refused.discard(channel)
+        if not channel.admitted:
+            return
         self.connections.discard(channel)
+        host = channel.client_host
+        if host is not None:
+            self._per_client[host] -= 1
+            if self._per_client[host] <= 0:
+                del self._per_client[host]
         if self.connections_changed is not None:
             self.connections_changed(len(self.connections))
 
@@ -380,7 +655,8 @@ class ProxySite(Site):
     def record(self, request: ProxyRequest, method: str, seconds: float) -> None:
         """Metrics for a request that has ended."""
         exchange = request.exchange
-        endpoint = endpoint_label(request.path or b"/")
+        # A request answered before its path was read (a refused connection) is no route's.
+        endpoint = endpoint_label(request.path) if request.path else "other"
         self.metrics.request_ended(
             endpoint, method, request.code, seconds, gone=exchange.outcome is Outcome.CLIENT_GONE
         )
@@ -400,6 +676,7 @@ class ProxySite(Site):
         return [
             gauge("requests_in_flight", "Requests being handled now.", len(self.active)),
             gauge("open_streams", "Streaming responses being relayed now.", streams),
+            gauge("client_connections", "Client connections open now.", len(self.connections)),
         ]
 
     def idle(self) -> Deferred[None]:

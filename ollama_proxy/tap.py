@@ -11,6 +11,7 @@ from twisted.python import usage
 from ollama_proxy import listen_fds  # noqa: F401 -- first: names unnamed systemd sockets (see there)
 from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
+from ollama_proxy.open_files import raise_open_file_limit
 from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.service import ProxyService, settle_garbage_collector
 from ollama_proxy.supervisor import Supervisor, check_shareable
@@ -88,6 +89,7 @@ def makeService(options: Options, reactor: Any = None) -> Any:
 
         reactor = global_reactor
     assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
+    raise_open_file_limit()  # before the limit is read for --max-connections; workers inherit it
     if options.config.workers > 1:
         return Supervisor(options.config, reactor, options.argv, handle_signals=True)
     service = ProxyService(options.config, reactor, handle_signals=True)

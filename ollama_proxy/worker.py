@@ -24,6 +24,7 @@ from zope.interface import provider
 
 from ollama_proxy.balance import ConnectionBoard, TakeTurns
 from ollama_proxy.logs import json_observer
+from ollama_proxy.open_files import raise_open_file_limit
 from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.service import ProxyService, settle_garbage_collector
 from ollama_proxy.shared_metrics import SharedMetrics
@@ -92,6 +93,7 @@ def worker_main(argv: Sequence[str]) -> None:
     globalLogBeginner.beginLoggingTo(
         [worker_observer(config.log_format, arguments.index)], redirectStandardIO=False
     )
+    raise_open_file_limit()  # inherited from the parent already, unless it was started some other way
     service = ProxyService(config, reactor)
     _share_connections(service, reactor, ConnectionBoard(arguments.board, arguments.workers), arguments.index)
     directory = os.environ.get("PROMETHEUS_MULTIPROC_DIR")

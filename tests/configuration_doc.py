@@ -27,6 +27,8 @@ DEFAULTS = {
     "max-body": "`32MiB`",
     "client-keys-file": "none: no client auth, as Ollama",
     "origins": "none: Ollama's local origins only",
+    "max-connections": "the open-file limit less room for backend connections",
+    "max-connections-per-client": "none: no limit, as Ollama",
 }
 
 

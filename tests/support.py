@@ -28,11 +28,13 @@ import treq
 from treq.client import HTTPClient
 from treq.testing import RequestTraversalAgent, _SynchronousProducer
 from twisted.internet import defer, task, threads
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
 from twisted.python.failure import Failure
+from twisted.test import iosim
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
@@ -40,7 +42,7 @@ from twisted.web.server import Site
 
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.service import ProxyService
-from tests.fake_backend import FakeBackend
+from tests.fake_backend import ChatScript, FakeBackend
 
 T = TypeVar("T")
 
@@ -70,6 +72,19 @@ async def start_proxy(backend: FakeBackend, backend_url: str, **settings: Any) -
     port = await service.listeners[0].listening
     address: Any = port.getHost()
     return RunningProxy(f"http://127.0.0.1:{address.port}", service, backend)
+
+
+async def serves_next_request(running: RunningProxy, http: HTTPClient) -> None:
+    """A plain /api/chat for the fake backend's model is answered as usual (after a fault, say)."""
+    running.backend.script = ChatScript()
+    chat = {
+        "model": "Qwen/Qwen2.5-7B-Instruct",
+        "messages": [{"role": "user", "content": "x"}],
+        "stream": False,
+    }
+    response = await http.post(running.url + "/api/chat", json=chat)
+    assert response.code == 200
+    assert (await read_json(response))["message"]["content"] == "Hello!"
 
 
 async def in_thread(fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
@@ -189,6 +204,90 @@ async def connect_client(url: str, protocol: StreamingClient) -> StreamingClient
     return protocol
 
 
+async def sleep(seconds: float) -> None:
+    await task.deferLater(reactor(), seconds, lambda: None)
+
+
+class RawConnection:
+    """A client socket worked by hand from the reactor thread, for clients no HTTP library plays: one that
+    sends its request a byte at a time, or stops reading.  It sends only what the test says, reads only
+    when asked (``receive_buffer`` shrinks what the kernel reads for it meanwhile), and can come from
+    another loopback address (``source``, such as ``127.0.0.2``).
+
+    Its socket is non-blocking once connected, so nothing here blocks the daemon under test; the connect
+    itself does not need the daemon's reactor (the kernel completes it from the listen backlog).
+    """
+
+    def __init__(self, url: str, *, receive_buffer: int | None = None, source: str | None = None) -> None:
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        self.socket = socket.socket()
+        if receive_buffer is not None:
+            self.socket.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, receive_buffer)
+        if source is not None:
+            self.socket.bind((source, 0))
+        self.socket.connect((host, int(port)))
+        self.socket.setblocking(False)
+        self.received = b""
+        self.closed = False  # the daemon ended the connection (a close or a reset)
+
+    def send(self, data: bytes) -> None:
+        """Send ``data`` (small: the socket does not block); nothing once the daemon has closed."""
+        try:
+            self.socket.sendall(data)
+        except OSError:
+            self.closed = True
+
+    def read(self, at_most: int | None = None) -> bytes:
+        """Everything the daemon has sent so far, or ``at_most`` bytes more of it (also noticing when it
+        has closed)."""
+        goal = None if at_most is None else len(self.received) + at_most
+        while not self.closed and (goal is None or len(self.received) < goal):
+            try:
+                chunk = self.socket.recv(65536 if goal is None else min(65536, goal - len(self.received)))
+            except BlockingIOError:
+                break
+            except OSError:
+                self.closed = True
+                break
+            if not chunk:
+                self.closed = True
+            self.received += chunk
+        return self.received
+
+    async def trickle(self, data: bytes, interval: float) -> None:
+        """Send ``data`` a byte every ``interval`` seconds, until it is all sent or the daemon closes."""
+        for byte in data:
+            self.read()
+            if self.closed:
+                return
+            self.send(bytes([byte]))
+            await sleep(interval)
+
+    async def until_closed(self, within: float) -> bytes:
+        """Everything the daemon sent, once it has closed the connection (AssertionError after ``within``
+        seconds still open)."""
+        deadline = time.monotonic() + within
+        while not self.closed and time.monotonic() < deadline:
+            self.read()
+            await sleep(0.01)
+        assert self.closed, f"still open after {within} s; received {self.received[:200]!r}"
+        return self.received
+
+    def close(self) -> None:
+        self.socket.close()
+
+
+def parse_response(raw: bytes) -> tuple[int, dict[str, str], bytes]:
+    """Status, headers (lower-cased names) and body of one raw HTTP/1.1 response."""
+    head, _, body = raw.partition(b"\r\n\r\n")
+    status_line, *lines = head.decode("latin-1").split("\r\n")
+    headers = {}
+    for line in lines:
+        name, _, value = line.partition(":")
+        headers[name.strip().lower()] = value.strip()
+    return int(status_line.split(" ")[1]), headers, body
+
+
 # A streaming /api/chat body for the ``proxy`` fixture ("qwen" is an alias there).
 STREAM_BODY = json.dumps({"model": "qwen", "messages": [{"role": "user", "content": "x"}]}).encode()
 
@@ -264,6 +363,29 @@ class Reply:
         return [json.loads(line) for line in self.body.splitlines()]
 
 
+class MemoryConnection(Protocol):
+    """A raw client connection to the in-memory daemon (``MemoryDaemon.connect``): bytes written by hand,
+    everything received kept."""
+
+    def __init__(self) -> None:
+        self.received = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        assert self.transport is not None
+        self.transport.write(data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+
+    def connectionLost(self, reason: Any = None) -> None:
+        self.closed = True
+
+    def close(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+
 class MemoryDaemon:
     """The daemon in memory in front of a fake backend, on one simulated clock."""
 
@@ -278,6 +400,19 @@ class MemoryDaemon:
         self._to_daemon = ServingAgent(self.service.site)
         # Bodies written at once: treq's default producer would wait on the real reactor's cooperator.
         self.http = HTTPClient(self._to_daemon, data_to_body_producer=_SynchronousProducer)
+        self._raw: list[iosim.IOPump] = []
+
+    def connect(self, client: str = "10.0.0.1") -> MemoryConnection:
+        """A raw connection to the daemon from the address ``client``, opened now (the daemon may refuse
+        it: see ``received`` and ``closed`` after a ``pump``)."""
+        peer = IPv4Address("TCP", client, 40000 + len(self._raw))
+        server = self.service.site.buildProtocol(peer)
+        connection = MemoryConnection()
+        server_transport = iosim.FakeTransport(server, isServer=True, peerAddress=peer)
+        client_transport = iosim.FakeTransport(connection, isServer=False)
+        self._raw.append(iosim.connect(server, server_transport, connection, client_transport, greet=False))
+        self.pump()
+        return connection
 
     @property
     def app(self) -> Any:
@@ -292,6 +427,8 @@ class MemoryDaemon:
         for _ in range(1000):
             moved = self._to_daemon.flush_all()
             moved = self._to_backend.flush_all() or moved
+            for raw in self._raw:
+                moved = bool(raw.pump(advanceClock=False)) or moved
             self.clock.advance(0)  # calls due now (callLater(0, ...))
             if not moved:
                 return

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import re
+import resource
 import signal
 import sys
 import threading
@@ -139,6 +141,40 @@ def test_no_secret_reaches_any_output(tmp_path: Path) -> None:
         for secret in ("sk-backend-secret-123", "client-token-abc", "client-token-abd", "url-password-xyz"):
             assert secret not in output
             assert secret not in shown
+    finally:
+        backend.stop()
+
+
+# Runs the rest of its command line with the soft limit on open files at 256 and the hard one at argv[1].
+_WITH_FEW_FILES = (
+    "import os, resource, sys; resource.setrlimit(resource.RLIMIT_NOFILE, (256, int(sys.argv[1])));"
+    " os.execv(sys.executable, [sys.executable, *sys.argv[2:]])"
+)
+
+
+@pytest.mark.skipif(not Path("/proc/self/limits").exists(), reason="reads /proc/PID/limits (Linux)")
+def test_the_daemon_raises_its_open_file_limit_and_fits_its_connections_under_it() -> None:
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    hard = 4096 if hard == resource.RLIM_INFINITY else min(hard, 4096)
+    backend = _backend()
+    try:
+        backend_url = backend.wait_for(r"listening on (\S+)").group(1)
+        command = twistd_command("--backend", backend_url, "--listen", "tcp:0:interface=127.0.0.1")
+        daemon = Child([sys.executable, "-c", _WITH_FEW_FILES, str(hard), *command[1:]], child_env())
+        try:
+            daemon.wait_for(rf"open-file limit raised from 256 to {hard}\b")
+            # Room for one backend's connections (max-concurrent 64 + pool-size 64) and 64 files of its own.
+            accepted = daemon.wait_for(r"accepts (\d+) client connections at once").group(1)
+            assert int(accepted) == hard - 128 - 64
+            limits = Path(f"/proc/{daemon.process.pid}/limits").read_text()
+            assert re.search(rf"Max open files\s+{hard}\s+{hard}\s", limits), limits
+            url = daemon.wait_for(r"listening on (http://\S+)").group(1)
+            connection = http.client.HTTPConnection(*_host_port(url), timeout=30)
+            connection.request("GET", "/api/version")
+            assert connection.getresponse().status == 200  # serving (and its signal handlers installed)
+            connection.close()
+        finally:
+            assert daemon.stop() == 0
     finally:
         backend.stop()
 

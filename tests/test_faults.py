@@ -18,7 +18,7 @@ from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
 from tests.fake_backend import ChatScript, FakeBackend
-from tests.support import RunningProxy, in_thread, reactor, read_json, start_proxy
+from tests.support import RunningProxy, in_thread, reactor, read_json, serves_next_request, start_proxy
 
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 CHAT = {"model": MODEL, "messages": [{"role": "user", "content": "x"}], "stream": False}
@@ -27,13 +27,6 @@ STREAM = {"model": MODEL, "messages": [{"role": "user", "content": "x"}]}
 
 def chats(backend: FakeBackend) -> int:
     return sum(1 for r in backend.requests if r.path.endswith("/chat/completions"))
-
-
-async def serves_next_request(running: RunningProxy, http: HTTPClient) -> None:
-    running.backend.script = ChatScript()
-    response = await http.post(running.url + "/api/chat", json=CHAT)
-    assert response.code == 200
-    assert (await read_json(response))["message"]["content"] == "Hello!"
 
 
 @pytest_twisted.async_yield_fixture

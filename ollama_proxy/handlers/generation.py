@@ -200,7 +200,6 @@ class GenerationHandler(Handler):
             request,
             EventStreamTransform(OllamaStream(translator), now),
             self.app.reactor,
-            stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
             before_finish=noted,
         )

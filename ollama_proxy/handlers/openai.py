@@ -170,7 +170,6 @@ class OpenAIResource(Handler):
             request,
             PassThrough(event_stream=is_event_stream(content_type.decode("latin-1"))),
             self.app.reactor,
-            stall_timeout=config.stall_timeout,
             idle_timeout=config.idle_timeout,
         )
         response.deliverBody(relay)

@@ -48,14 +48,19 @@ _REASONS = {
     401: b"Unauthorized",
     403: b"Forbidden",
     404: b"Not Found",
+    408: b"Request Timeout",
     413: b"Request Entity Too Large",
+    414: b"URI Too Long",
+    431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
+    503: b"Service Unavailable",
 }
 
 
 def raw_response(answer: Answer) -> bytes:
     """The answer as HTTP/1.1 bytes, closing the connection: for what must be said before Twisted's
-    request machinery runs (a body refused from its ``Content-Length``)."""
+    request machinery runs (a body refused from its ``Content-Length``, a head or body too slow, a head
+    too large, a connection over a limit)."""
     head = [b"HTTP/1.1 %d %s" % (answer.status, _REASONS.get(answer.status, b"Error"))]
     if answer.content_type is not None:
         head.append(b"Content-Type: " + answer.content_type)
