@@ -31,7 +31,7 @@ from tests.twistd_measured import twistd_command
 MODEL = "Qwen/Qwen2.5-7B-Instruct"
 BROKEN = "BAAI/bge-small-en-v1.5"  # the fake's other model: it fails on every chat here
 SOAK_SECONDS = 25.0
-BOUNDS = {"idle": 1.0, "headers": 2.0, "models": 1.0, "stall": 1.0}
+BOUNDS = {"idle": 1.0, "headers": 2.0, "models": 1.0, "stall": 1.0, "client_header": 1.0}
 # A request may take its bound plus this: the daemon, the backend and the clients share two cores.
 SLACK = 2.5
 
@@ -42,6 +42,7 @@ def _settings(backend_url: str) -> list[str]:
         *("--idle-timeout", str(BOUNDS["idle"]), "--headers-timeout", str(BOUNDS["headers"])),
         *("--models-timeout", str(BOUNDS["models"]), "--stall-timeout", str(BOUNDS["stall"])),
         *("--models-ttl", "2", "--retries", "0", "--breaker-threshold", "3", "--breaker-cooldown", "2"),
+        *("--client-header-timeout", str(BOUNDS["client_header"]), "--client-body-timeout", "1"),
     ]
 
 
@@ -106,6 +107,28 @@ class Soak:
             await deferLater(reactor(), 0.05)
         self.counts["left"] = self.counts.get("left", 0) + 1
 
+    async def trickle(self) -> None:
+        """A client that sends its request head a byte at a time: cut at the header deadline."""
+        port = int(self.url.rsplit(":", 1)[1])
+        started = time.monotonic()
+        sock = socket.create_connection(("127.0.0.1", port), timeout=5)
+        sock.setblocking(False)
+        answer = b""
+        for byte in b"POST /api/chat HTTP/1.1\r\nHost: x\r\nX-Slow: " + b"y" * 200:
+            try:
+                sock.send(bytes([byte]))
+                answer += sock.recv(4096)
+            except (BlockingIOError, ConnectionError):
+                pass
+            if answer or time.monotonic() - started > BOUNDS["client_header"] + SLACK + 1:
+                break
+            await deferLater(reactor(), 0.05)
+        sock.close()
+        took = time.monotonic() - started
+        if not answer.startswith(b"HTTP/1.1 408") or took > BOUNDS["client_header"] + SLACK:
+            self.errors.append(f"trickling client: {answer[:40]!r} after {took:.2f} s")
+        self.counts["trickled"] = self.counts.get("trickled", 0) + 1
+
     async def stop_reading(self) -> None:
         """A client that asks for an endless stream and never reads: the daemon must cut it."""
         port = int(self.url.rsplit(":", 1)[1])
@@ -141,6 +164,7 @@ class Soak:
             (self.poison_keep_alive, 1),
             (self.leave_mid_stream, 1),
             (self.backend_trouble, 1),
+            (self.trickle, 1),
         ]
         choices = [kind for kind, weight in kinds for _ in range(weight)]
 
