@@ -79,8 +79,8 @@ class Resolved:
         return self.info.id
 
     def on(self, client: BackendClient) -> Resolved:
-        """The same model on another replica."""
-        return attrs.evolve(self, client=client)
+        """The same model on another replica (the first try is on the one it names already)."""
+        return self if client is self.client else attrs.evolve(self, client=client)
 
 
 @attrs.frozen

@@ -93,6 +93,20 @@ def parse_json(
     return value
 
 
+def parse_event(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
+    """One event of a backend's stream, read on the hot path (once per generated token): as
+    :func:`parse_json` with ``allow_constants`` and no value limit, except that an integer beyond 64
+    bits may come back as a float (the fields read from events are texts, counts and ids; tool-call
+    arguments, which are text inside an event, are read exactly by :func:`parse_json`)."""
+    try:
+        value = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        value = _standard_loads(data, allow_constants=True, max_depth=max_depth)
+    if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
+        raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
+    return value
+
+
 def _standard_loads(data: bytes | str, *, allow_constants: bool, max_depth: int) -> Any:
     """The standard library's reading, for what orjson refuses: its error messages say where JSON went
     wrong, and it reads what orjson does not (``NaN`` where allowed, lone surrogate escapes), and reads

@@ -13,9 +13,7 @@ caller's decision.
 
 from __future__ import annotations
 
-from typing import Final
-
-import attrs
+from typing import Final, NamedTuple
 
 from ollama_proxy.errors import BackendError
 
@@ -27,8 +25,9 @@ _EOL: Final = (b"\n", b"\r")
 DEFAULT_MAX_EVENT_BYTES: Final = 16 * 1024 * 1024
 
 
-@attrs.frozen
-class SSEEvent:
+class SSEEvent(NamedTuple):
+    """One dispatched event.  A tuple, not an attrs class: one is made per generated token."""
+
     data: str
     event: str | None = None
 

@@ -13,7 +13,7 @@ from collections.abc import Callable, Mapping
 from typing import Any, Final, Protocol
 
 from ollama_proxy.errors import BackendError
-from ollama_proxy.json_codec import parse_json
+from ollama_proxy.json_codec import parse_event
 from ollama_proxy.sse import SSEDecoder, SSEEvent
 from ollama_proxy.translate.replies import Instant, StreamTranslator
 from ollama_proxy.wire.ollama import error_line, ndjson_line
@@ -175,7 +175,7 @@ class EventStreamTransform:
                 self._saw_done = True
                 continue
             try:
-                payload = parse_json(event.data, allow_constants=True, max_values=None)
+                payload = parse_event(event.data)
             except ValueError:
                 self._bad_events += 1
                 if self._bad_events >= MAX_BAD_EVENTS:
