@@ -67,7 +67,7 @@ async def test_one_chat_moves_the_metrics(proxy: RunningProxy, http: HTTPClient)
     response = await http.post(proxy.url + "/api/chat", json=body)
     await response.content()
     samples = await scrape(http, proxy.url)
-    chat = (("endpoint", "/api/chat"), ("method", "POST"), ("status", "200"))
+    chat = (("api", "ollama"), ("endpoint", "/api/chat"), ("method", "POST"), ("status", "200"))
     assert samples[("ollama_proxy_requests_total", chat)] == 1
     model = (("model", MODEL),)
     assert samples[("ollama_proxy_prompt_tokens_total", model)] == 12
@@ -111,6 +111,10 @@ async def test_unknown_models_fold_into_one_label(proxy: RunningProxy, http: HTT
         (b"/v1/models/a/b", "/v1/models"),
         (b"/chat/completions?x=1", "/v1/chat/completions"),
         (b"/v1/files", "/v1/other"),
+        (b"/v1/messages?beta=true", "/v1/messages"),
+        (b"/messages/count_tokens", "/v1/messages/count_tokens"),
+        (b"/v1/messagesx", "/v1/other"),
+        (b"/responses", "/v1/responses"),
         (b"/", "/"),
         (b"/random/" + b"x" * 100, "other"),
     ],
