@@ -75,7 +75,7 @@ async def test_sdk_create_with_instructions(proxy: RunningProxy) -> None:
 
 def _stream(url: str, **kwargs: Any) -> tuple[list[str], Any]:
     with sdk(url).responses.stream(model=ALIAS, input="Hi", **kwargs) as stream:
-        kinds = [event.type for event in stream]
+        kinds: list[str] = [event.type for event in stream]
         return kinds, stream.get_final_response()
 
 
@@ -256,7 +256,7 @@ async def test_a_stream_that_breaks_ends_failed(proxy: RunningProxy) -> None:
     proxy.backend.script = ChatScript(content=["a", "b", "c"], drop_after=2)
 
     def stream_until_error() -> tuple[list[str], openai.APIError]:
-        kinds = []
+        kinds: list[str] = []
         try:
             with sdk(proxy.url).responses.stream(model=ALIAS, input="Hi") as stream:
                 for event in stream:
