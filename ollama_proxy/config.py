@@ -322,7 +322,7 @@ SETTINGS: tuple[Setting, ...] = (
         "native-apis",
         _native_apis,
         "APIs the backend serves itself, passed through untranslated: anthropic (/v1/messages), "
-        "responses (/v1/responses); comma-separated (default: none, both are translated).",
+        "responses (/v1/responses), comma-separated.",
     ),
     Setting("model-map", str, 'JSON file {"ollama-name": "backend-model-id"}; reloaded on SIGHUP.', "m"),
     Setting("ollama-version", _version, "Version reported by /api/version."),

@@ -3,8 +3,9 @@ backend health, on a registry of the daemon's own (every name prefixed ``ollama_
 
 Label values are bounded: endpoints are a fixed set of route names, API families the four the daemon
 speaks (``ollama``, ``openai``, ``anthropic``, ``responses``), models are the backend's own ids (never a
-client's free text: names the catalog could not resolve fold into ``unknown``), statuses are HTTP codes.  Gauges that describe the present (in-flight requests, open streams, breaker state, process
-resources) are read at scrape time rather than maintained by hand.
+client's free text: names the catalog could not resolve fold into ``unknown``), statuses are HTTP codes.
+Gauges that describe the present (in-flight requests, open streams, breaker state, process resources) are
+read at scrape time rather than maintained by hand.
 """
 
 from __future__ import annotations

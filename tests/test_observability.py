@@ -149,6 +149,32 @@ async def test_request_id_round_trip(
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_api_family_labels_the_metrics_and_the_access_events(
+    proxy: RunningProxy, http: HTTPClient, access_events: list[LogEvent]
+) -> None:
+    user = [{"role": "user", "content": "Hi"}]
+    calls = {
+        "/api/chat": {"model": "qwen", "messages": user, "stream": False},
+        "/v1/chat/completions": {"model": "qwen", "messages": user},
+        "/v1/messages": {"model": "qwen", "max_tokens": 8, "messages": user},
+        "/v1/responses": {"model": "qwen", "input": "Hi"},
+    }
+    for path, body in calls.items():
+        response = await http.post(proxy.url + path, json=body)
+        assert response.code == 200
+        await response.content()
+    samples = await scrape(http, proxy.url)
+    for api, path in zip(("ollama", "openai", "anthropic", "responses"), calls, strict=True):
+        labels = (("api", api), ("endpoint", path), ("method", "POST"), ("status", "200"))
+        assert samples[("ollama_proxy_requests_total", labels)] == 1
+        (event,) = [e for e in access_events if e["path"] == path]
+        assert event["api"] == api
+        if api != "openai":  # the pass-through relays the backend's bytes without reading them
+            assert (event["prompt_tokens"], event["completion_tokens"]) == (12, 3)
+    assert samples[("ollama_proxy_prompt_tokens_total", (("model", MODEL),))] == 3 * 12
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_disconnected_stream_still_gets_its_access_event(
     proxy: RunningProxy, access_events: list[LogEvent]
 ) -> None:
