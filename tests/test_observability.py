@@ -189,7 +189,7 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     assert event["ttft_ms"] is not None
     assert event["bytes_out"] > 0
     requests = proxy.service.app.metrics.requests
-    assert requests.labels("/api/chat", "POST", "499")._value.get() == 1
+    assert requests.labels("ollama", "/api/chat", "POST", "499")._value.get() == 1
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:
