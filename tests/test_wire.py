@@ -23,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from ollama_proxy.exchange import Family
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.support import reactor, start_proxy
 
@@ -279,3 +280,28 @@ async def test_broken_stream(family: FamilyCase, fake_backend: FakeBackend, clie
         assert family.stream_ending(data) == "the backend connection broke mid-stream"
     finally:
         await running.service.stopService()
+
+
+@pytest.mark.parametrize(
+    ("path", "family"),
+    [
+        (b"/api/chat", Family.OLLAMA),
+        (b"/", Family.OLLAMA),
+        (b"/health", Family.OLLAMA),
+        (b"/v1", Family.OPENAI),
+        (b"/v1/chat/completions", Family.OPENAI),
+        (b"/chat/completions", Family.OPENAI),
+        (b"/models?x=1", Family.OPENAI),
+        (b"/v1/messages", Family.ANTHROPIC),
+        (b"/v1/messages?beta=true", Family.ANTHROPIC),
+        (b"/v1/messages/count_tokens", Family.ANTHROPIC),
+        (b"/messages", Family.ANTHROPIC),
+        (b"/v1/responses", Family.RESPONSES),
+        (b"/responses/resp_1", Family.RESPONSES),
+        (b"/v1/messagesx", Family.OPENAI),
+        (b"/messagesx", Family.OLLAMA),
+        (b"/api/messages", Family.OLLAMA),
+    ],
+)
+def test_the_family_comes_from_the_path(path: bytes, family: Family) -> None:
+    assert Family.for_path(path) is family
