@@ -61,7 +61,21 @@ test-tools:
 	  fi; \
 	fi
 
-test: $(VENV)/.test test-tools
+# The real front-end clients tests/test_cli_clients.py runs: Claude Code and Codex CLI, pinned, from npm into
+# the project's own folder (ignored by git; about 800 MB, 10-30 s).  Each is a native binary shipped inside
+# its npm package, so nothing is downloaded at install or run time; Node 20 runs Codex's launcher.
+NPM_TOOLS := tools/npm
+CLI_CLIENTS := @anthropic-ai/claude-code@2.1.332 @openai/codex@0.171.0
+
+$(NPM_TOOLS)/.installed: Makefile
+	npm install --prefix $(NPM_TOOLS) --no-fund --no-audit --no-save --loglevel=error $(CLI_CLIENTS)
+	test -x $(NPM_TOOLS)/node_modules/.bin/claude && test -x $(NPM_TOOLS)/node_modules/.bin/codex
+	touch $@
+
+.PHONY: cli-clients
+cli-clients: $(NPM_TOOLS)/.installed
+
+test: $(VENV)/.test test-tools cli-clients
 	$(BIN)/ruff format --check .
 	$(BIN)/ruff check .
 	$(BIN)/mypy
@@ -72,7 +86,8 @@ fmt: $(VENV)/.test
 	$(BIN)/ruff check --fix .
 
 clean:
-	rm -rf $(VENV) .coverage .coverage.* .mypy_cache .ruff_cache build *.egg-info twisted/plugins/dropin.cache
+	rm -rf $(VENV) $(NPM_TOOLS) .coverage .coverage.* .mypy_cache .ruff_cache build *.egg-info \
+	  twisted/plugins/dropin.cache
 
 # `make bench`: the daemon against the backend's own speed (bench/run.py; docs/performance.md has the
 # results).  Installs nginx and wrk with apt-get where missing; takes about 12 minutes on 2 cores.

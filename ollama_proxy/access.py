@@ -33,7 +33,8 @@ _DEFAULT_ORIGINS = (
 )
 ALLOWED_HEADERS = (
     b"Authorization, Content-Type, User-Agent, Accept, X-Requested-With, X-Request-ID, "
-    b"OpenAI-Beta, X-Stainless-*"
+    b"OpenAI-Beta, X-Stainless-*, X-Api-Key, Anthropic-Version, Anthropic-Beta, "
+    b"Anthropic-Dangerous-Direct-Browser-Access"
 )
 ALLOWED_METHODS = b"GET, POST, PUT, PATCH, DELETE, HEAD, OPTIONS"
 
@@ -49,13 +50,15 @@ class ClientKeys:
     def enabled(self) -> bool:
         return bool(self._tokens)
 
-    def allows(self, authorization: bytes | None) -> bool:
-        presented = presented_token(authorization)
-        if presented is None:
-            return False
+    def allows(self, authorization: bytes | None, api_key: bytes | None = None) -> bool:
+        """Whether the ``Authorization`` header or an ``x-api-key`` header (the Anthropic SDKs' way; they
+        send both when given both an API key and an auth token) presents one of the tokens."""
+        presented = [presented_token(authorization), api_key.strip() if api_key else None]
         found = False
-        for token in self._tokens:
-            found |= hmac.compare_digest(presented, token)
+        for candidate in presented:
+            if candidate:
+                for token in self._tokens:
+                    found |= hmac.compare_digest(candidate, token)
         return found
 
 

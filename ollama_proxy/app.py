@@ -10,6 +10,7 @@ from twisted.web.iweb import IAgent
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import ModelCatalog, RecentModels
 from ollama_proxy.config import BackendConfig, ProxyConfig
+from ollama_proxy.exchange import Family
 from ollama_proxy.metrics import Metrics
 from ollama_proxy.redact import Scrubber, backend_secrets
 from ollama_proxy.resilience import CircuitBreaker, ConcurrencyLimit, RetryPolicy
@@ -34,6 +35,14 @@ class App:
     def backend(self) -> BackendClient:
         """The first backend: where requests naming no known model go (``/v1`` paths without a model)."""
         return self.backends[0]
+
+    def serves_natively(self, client: BackendClient, family: Family) -> bool:
+        """Whether a backend serves ``family``'s API itself (its ``native-apis``): then requests of that
+        family are passed through to it rather than translated."""
+        for backend, spec in zip(self.backends, self.config.backends, strict=True):
+            if backend is client:
+                return family in spec.native_apis
+        return False
 
     @classmethod
     def build(cls, config: ProxyConfig, reactor: Any, agent: IAgent | None = None) -> App:

@@ -329,7 +329,8 @@ class BackendClient:
         """The backend URL for ``path``, parsed once per path (parsing showed up in the profile).
 
         ``path`` is relative to the base URL (``models`` is ``…/v1/models``); one that starts with ``/`` is
-        from the server's root, the base URL without its ``/v1``, where llama.cpp keeps ``/props``.
+        from the server's root, the base URL without its ``/v1``, where llama.cpp keeps ``/props`` and
+        llama.cpp and vLLM serve ``/tokenize``.
         """
         found = self._urls.get(path)
         if found is None:

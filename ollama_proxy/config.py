@@ -22,6 +22,7 @@ from cattrs.gen import make_dict_structure_fn, override
 
 from ollama_proxy import schemas
 from ollama_proxy.errors import ConfigError
+from ollama_proxy.exchange import Family
 from ollama_proxy.redact import redact_url
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.models import KNOWN_CAPABILITIES, ModelOverride
@@ -52,6 +53,8 @@ class BackendConfig:
     dialect: Dialect = Dialect.VLLM
     models: tuple[str, ...] = ()  # ids or glob patterns this backend serves (empty: all it lists)
     prefix: str = ""  # or: only ids that start with this
+    # The APIs it serves itself (/v1/messages, /v1/responses): passed through, not translated.
+    native_apis: frozenset[Family] = frozenset()
 
     @property
     def label(self) -> str:
@@ -112,11 +115,19 @@ class ProxyConfig:
 
     @classmethod
     def for_backend(
-        cls, url: str, *, api_key: str | None = None, dialect: Dialect | None = None, **settings: Any
+        cls,
+        url: str,
+        *,
+        api_key: str | None = None,
+        dialect: Dialect | None = None,
+        native_apis: frozenset[Family] = frozenset(),
+        **settings: Any,
     ) -> ProxyConfig:
         """A daemon in front of the one backend at ``url`` (its dialect guessed from the host, as for
         ``--backend``, unless given); ``settings`` are the other fields."""
-        backend = BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url))
+        backend = BackendConfig(
+            url=url, api_key=api_key, dialect=dialect or guess_dialect(url), native_apis=native_apis
+        )
         return cls(backends=(backend,), **settings)
 
 
@@ -208,6 +219,25 @@ def _dialect(value: str) -> Dialect:
         raise ValueError(f"{value!r} is not one of {choices}") from None
 
 
+# The APIs a backend may serve itself, by the names the access log gives them (``api=``).
+NATIVE_APIS = (Family.ANTHROPIC, Family.RESPONSES)
+
+
+def _native_apis(value: str) -> frozenset[Family]:
+    """``anthropic,responses``: the translated APIs a backend serves itself (empty: none)."""
+    found = set()
+    for name in _origins(value):
+        try:
+            family = Family(name.lower())
+        except ValueError:
+            family = None
+        if family not in NATIVE_APIS:
+            choices = ", ".join(f.value for f in NATIVE_APIS)
+            raise ValueError(f"{name!r} is not one of {choices}")
+        found.add(family)
+    return frozenset(found)
+
+
 def _version(value: str) -> str:
     parts = value.strip().split(".")
     if not all(p.isdigit() for p in parts) or len(parts) < 2:
@@ -288,6 +318,12 @@ SETTINGS: tuple[Setting, ...] = (
     ),
     Setting("dialect", _dialect, "Backend flavour for extra fields: vllm, openai, openrouter, llamacpp."),
     Setting("api-key-file", str, "File holding the backend API key (default: $OPENAI_API_KEY)."),
+    Setting(
+        "native-apis",
+        _native_apis,
+        "APIs the backend serves itself, passed through untranslated: anthropic (/v1/messages), "
+        "responses (/v1/responses), comma-separated.",
+    ),
     Setting("model-map", str, 'JSON file {"ollama-name": "backend-model-id"}; reloaded on SIGHUP.', "m"),
     Setting("ollama-version", _version, "Version reported by /api/version."),
     Setting(
@@ -560,11 +596,16 @@ def build_config(
     api_key = _read_api_key(api_key_file) if api_key_file else (environ.get("OPENAI_API_KEY") or None)
     model_map_path = values.pop("model_map", None)
     dialect = values.pop("dialect", None)
+    native = values.pop("native_apis", frozenset())
     url = values.pop("backend", None)
     if len(backends) > 1 or backend_tables:
-        chosen = _backends(backends, backend_tables, api_key, dialect, environ, config_path)
+        chosen = _backends(backends, backend_tables, api_key, dialect, native, environ, config_path)
     else:
-        chosen = (BackendConfig(url=url, api_key=api_key, dialect=dialect or guess_dialect(url)),)
+        chosen = (
+            BackendConfig(
+                url=url, api_key=api_key, dialect=dialect or guess_dialect(url), native_apis=native
+            ),
+        )
     return ProxyConfig(
         backends=chosen,
         listen=endpoints,
@@ -575,7 +616,9 @@ def build_config(
     )
 
 
-_BACKEND_KEYS = frozenset({"url", "name", "api_key_file", "api_key_env", "models", "prefix", "dialect"})
+_BACKEND_KEYS = frozenset(
+    {"url", "name", "api_key_file", "api_key_env", "models", "prefix", "dialect", "native_apis"}
+)
 
 
 def _backends(
@@ -583,18 +626,24 @@ def _backends(
     tables: list[Any],
     api_key: str | None,
     dialect: Dialect | None,
+    native: frozenset[Family],
     environ: Mapping[str, str],
     config_path: str | None,
 ) -> tuple[BackendConfig, ...]:
-    """Several backends: repeated ``--backend`` (sharing the key and dialect settings), else the TOML
-    file's ``[[backend]]`` tables, each with its own name, key, model filter and dialect."""
+    """Several backends: repeated ``--backend`` (sharing the key, dialect and native-API settings), else
+    the TOML file's ``[[backend]]`` tables, each with its own name, key, model filter, dialect and native
+    APIs (the top-level settings are their defaults)."""
     found: list[BackendConfig] = []
     for url in urls:
         try:
             parsed = parse_backend_url(url)
         except ValueError as exc:
             raise ConfigError(f"--backend: {exc}") from None
-        found.append(BackendConfig(url=parsed, api_key=api_key, dialect=dialect or guess_dialect(parsed)))
+        found.append(
+            BackendConfig(
+                url=parsed, api_key=api_key, dialect=dialect or guess_dialect(parsed), native_apis=native
+            )
+        )
     if found:
         return tuple(found)
     for index, table in enumerate(tables):
@@ -609,6 +658,10 @@ def _backends(
             chosen = _dialect(table["dialect"]) if "dialect" in table else (dialect or guess_dialect(url))
         except ValueError as exc:
             raise ConfigError(f"{where}: {exc}") from None
+        try:
+            apis = _table_native_apis(table["native_apis"]) if "native_apis" in table else native
+        except ValueError as exc:
+            raise ConfigError(f"{where} native_apis: {exc}") from None
         key = api_key
         if "api_key_file" in table:
             key = _read_api_key(str(table["api_key_file"]))
@@ -625,12 +678,22 @@ def _backends(
                 dialect=chosen,
                 models=tuple(models),
                 prefix=str(table.get("prefix", "")),
+                native_apis=apis,
             )
         )
     names = [b.label for b in found]
     if len(set(names)) != len(names):
         raise ConfigError(f"--config: two [[backend]] tables share the name {names!r}")
     return tuple(found)
+
+
+def _table_native_apis(value: Any) -> frozenset[Family]:
+    """A ``[[backend]]`` table's ``native_apis``: a list of names (or one comma-separated string)."""
+    if isinstance(value, list) and all(isinstance(name, str) for name in value):
+        value = ",".join(value)
+    if not isinstance(value, str):
+        raise ValueError('must be a list of API names such as ["anthropic", "responses"]')
+    return _native_apis(value)
 
 
 def _listen(cli: tuple[str, ...], environ: Mapping[str, str], toml: Mapping[str, Any]) -> tuple[str, ...]:

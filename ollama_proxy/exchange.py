@@ -21,22 +21,32 @@ class Family(enum.Enum):
 
     OLLAMA = "ollama"
     OPENAI = "openai"
+    ANTHROPIC = "anthropic"  # the Messages API, /v1/messages
+    RESPONSES = "responses"  # OpenAI's Responses API, /v1/responses
 
     @classmethod
     def for_path(cls, path: bytes) -> Family:
-        """``/api/*`` and the daemon's own paths (``/``, ``/health`` ...) are Ollama's; the OpenAI paths,
-        with or without ``/v1``, are OpenAI's."""
-        if path.startswith(b"/v1/") or path == b"/v1" or _first_segment(path) in _OPENAI_ROOTS:
+        """``/api/*`` and the daemon's own paths (``/``, ``/health`` ...) are Ollama's; ``/v1/messages``
+        Anthropic's and ``/v1/responses`` the Responses API's; the other OpenAI paths OpenAI's; each with
+        or without ``/v1``."""
+        path = path.split(b"?", 1)[0]
+        under_v1 = path.startswith(b"/v1/") or path == b"/v1"
+        first = _first_segment(path.removeprefix(b"/v1") if under_v1 else path)
+        if first == b"messages":
+            return cls.ANTHROPIC
+        if first == b"responses":
+            return cls.RESPONSES
+        if under_v1 or first in _OPENAI_ROOTS:
             return cls.OPENAI
         return cls.OLLAMA
 
 
 # The OpenAI paths some clients call without ``/v1`` (resources.py mounts them at the root).
-_OPENAI_ROOTS = frozenset({b"chat", b"completions", b"embeddings", b"models", b"responses"})
+_OPENAI_ROOTS = frozenset({b"chat", b"completions", b"embeddings", b"models"})
 
 
 def _first_segment(path: bytes) -> bytes:
-    return path.lstrip(b"/").split(b"/", 1)[0].split(b"?", 1)[0]
+    return path.lstrip(b"/").split(b"/", 1)[0]
 
 
 class Outcome(enum.Enum):

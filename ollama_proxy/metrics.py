@@ -1,10 +1,11 @@
 """Prometheus metrics that speak LLM: requests, time to first token, tokens and tokens per second by model,
 backend health, on a registry of the daemon's own (every name prefixed ``ollama_proxy_``).
 
-Label values are bounded: endpoints are a fixed set of route names, models are the backend's own ids
-(never a client's free text: names the catalog could not resolve fold into ``unknown``), statuses are
-HTTP codes.  Gauges that describe the present (in-flight requests, open streams, breaker state, process
-resources) are read at scrape time rather than maintained by hand.
+Label values are bounded: endpoints are a fixed set of route names, API families the four the daemon
+speaks (``ollama``, ``openai``, ``anthropic``, ``responses``), models are the backend's own ids (never a
+client's free text: names the catalog could not resolve fold into ``unknown``), statuses are HTTP codes.
+Gauges that describe the present (in-flight requests, open streams, breaker state, process resources) are
+read at scrape time rather than maintained by hand.
 """
 
 from __future__ import annotations
@@ -39,7 +40,16 @@ _API_ENDPOINTS = frozenset(
         "blobs",
     }
 )
-_V1_ENDPOINTS = frozenset({"chat/completions", "completions", "embeddings", "models", "responses"})
+# Longest first: ``messages/count_tokens`` is its own route, not ``messages``.
+_V1_ENDPOINTS = (
+    "messages/count_tokens",
+    "chat/completions",
+    "completions",
+    "embeddings",
+    "responses",
+    "messages",
+    "models",
+)
 
 _SECONDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0)
 _TTFT = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.0, 4.0, 8.0, 15.0, 30.0, 60.0)
@@ -77,14 +87,14 @@ class Metrics:
         registry = self.registry
         self.requests = Counter(
             f"{PREFIX}_requests",
-            "Requests answered, by endpoint, method and status.",
-            ["endpoint", "method", "status"],
+            "Requests answered, by API family, endpoint, method and status.",
+            ["api", "endpoint", "method", "status"],
             registry=registry,
         )
         self.request_seconds = Histogram(
             f"{PREFIX}_request_duration_seconds",
             "Time from request to the end of the response.",
-            ["endpoint"],
+            ["api", "endpoint"],
             buckets=_SECONDS,
             registry=registry,
         )
@@ -157,9 +167,11 @@ class Metrics:
 
     # -- what handlers and the site report -------------------------------------------------------------
 
-    def request_ended(self, endpoint: str, method: str, status: int, seconds: float, *, gone: bool) -> None:
-        self.requests.labels(endpoint, method, str(status)).inc()
-        self.request_seconds.labels(endpoint).observe(seconds)
+    def request_ended(
+        self, api: str, endpoint: str, method: str, status: int, seconds: float, *, gone: bool
+    ) -> None:
+        self.requests.labels(api, endpoint, method, str(status)).inc()
+        self.request_seconds.labels(api, endpoint).observe(seconds)
         if gone:
             self.client_disconnects.labels(endpoint).inc()
 

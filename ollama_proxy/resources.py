@@ -6,8 +6,8 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from ollama_proxy.app import App
-from ollama_proxy.handlers import embed, generation, health, manage, meta, openai
-from ollama_proxy.web import Directory
+from ollama_proxy.handlers import anthropic, embed, generation, health, manage, meta, openai, responses
+from ollama_proxy.web import Directory, Fallback
 
 
 def build_root(app: App) -> Resource:
@@ -38,12 +38,21 @@ def build_root(app: App) -> Resource:
     }
     for name, child in children.items():
         api.putChild(name, child)
-    # The OpenAI API, passed through: everything under /v1, and the paths some clients call without it.
+    # The OpenAI API, passed through: everything under /v1, and the paths some clients call without it;
+    # but the Anthropic Messages API and the Responses API, translated, with and without /v1.
     passthrough = openai.OpenAIResource(app)
-    root.putChild(b"v1", passthrough)
+    translated: dict[bytes, Resource] = {
+        b"messages": anthropic.MessagesResource(app),
+        b"responses": responses.ResponsesResource(app),
+    }
+    v1 = Fallback(passthrough)
+    root.putChild(b"v1", v1)
     chat = Directory()
     chat.putChild(b"completions", passthrough)
     root.putChild(b"chat", chat)
-    for name in (b"completions", b"embeddings", b"models", b"responses"):
+    for name in (b"completions", b"embeddings", b"models"):
         root.putChild(name, passthrough)
+    for name, child in translated.items():
+        v1.putChild(name, child)
+        root.putChild(name, child)
     return root

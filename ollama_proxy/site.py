@@ -47,11 +47,13 @@ from ollama_proxy.exchange import Exchange, Family, Outcome
 from ollama_proxy.logs import untrusted
 from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
 from ollama_proxy.redact import Scrubber
-from ollama_proxy.wire import ollama, openai
+from ollama_proxy.wire import anthropic, ollama, openai, responses
 from ollama_proxy.wire.answer import Answer, Wire, json_answer, raw_response
 
 # Each API family's words (wire/): chosen per request from its path.
-WIRES: dict[Family, Wire] = {Family.OLLAMA: ollama.WIRE, Family.OPENAI: openai.WIRE}
+WIRES: dict[Family, Wire] = {
+    wire.family: wire for wire in (ollama.WIRE, openai.WIRE, anthropic.WIRE, responses.WIRE)
+}
 
 access_log = Logger(namespace="ollama_proxy.access")
 log = Logger(namespace="ollama_proxy.site")
@@ -203,7 +205,8 @@ class ProxyRequest(Request):
     def _authorized(self, keys: ClientKeys) -> bool:
         if not keys.enabled or (self.path or b"/") in OPEN_PATHS:
             return True
-        if keys.allows(self.getHeader(b"authorization")):
+        # Anthropic's SDKs send their key as x-api-key, Claude Code's auth token as a bearer token.
+        if keys.allows(self.getHeader(b"authorization"), self.getHeader(b"x-api-key")):
             self.exchange.client_key = True
             return True
         self.send_error(Unauthorized("unauthorized: a valid bearer token is required"))
@@ -658,7 +661,12 @@ class ProxySite(Site):
         # A request answered before its path was read (a refused connection) is no route's.
         endpoint = endpoint_label(request.path) if request.path else "other"
         self.metrics.request_ended(
-            endpoint, method, request.code, seconds, gone=exchange.outcome is Outcome.CLIENT_GONE
+            exchange.family.value,
+            endpoint,
+            method,
+            request.code,
+            seconds,
+            gone=exchange.outcome is Outcome.CLIENT_GONE,
         )
         if exchange.backend_model is not None:
             self.metrics.generation(

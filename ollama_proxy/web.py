@@ -152,3 +152,18 @@ class Directory(Resource):
 
     def render(self, request: ProxyRequest) -> Any:
         return NotFoundResource().render(request)
+
+
+class Fallback(Resource):
+    """A path segment whose named children answer their own paths and ``fallback`` everything else,
+    the segment itself included (``/v1``: the pass-through, but for the APIs translated here)."""
+
+    def __init__(self, fallback: Resource) -> None:
+        super().__init__()
+        self.fallback = fallback
+
+    def getChild(self, path: bytes, request: ProxyRequest) -> IResource:
+        return self.fallback
+
+    def render(self, request: ProxyRequest) -> Any:
+        return self.fallback.render(request)

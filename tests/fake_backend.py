@@ -355,6 +355,8 @@ class FakeBackend:
         # Headers added to every response (e.g. to see which ones a proxy relays).
         self.extra_headers: dict[str, str] = {}
         self.base_url: str = ""  # set by listen()
+        # vLLM and llama.cpp serve POST /tokenize; False: a server of theirs without it (404).
+        self.tokenizer = True
         self._clock = reactor
         self._failures: deque[_Failure] = deque()
         # When set, a request is closed unanswered (a clean close) the first time its X-Request-ID is
@@ -582,7 +584,10 @@ class FakeBackend:
             "/v1/completions": ("POST", self._completions),
             "/v1/embeddings": ("POST", self._embeddings),
             "/v1/responses": ("POST", self._responses),
+            "/v1/messages": ("POST", self._messages),
         }
+        if self.flavour in ("vllm", "llamacpp") and self.tokenizer:
+            routes["/tokenize"] = ("POST", self._tokenize)  # at the server's root, beside /v1
         if path in routes:
             allowed, handler = routes[path]
             if method != allowed:
@@ -1194,6 +1199,59 @@ class FakeBackend:
         yield event(
             "response.completed", response=self._response_object(script, model, response_id, done=True)
         )
+
+    # -- /tokenize (vLLM's and llama.cpp's), one token per word -----------------------------------
+    def _tokenize(self, request: Request, rec: Recorded) -> bytes:
+        body = rec.json
+        if self.flavour == "llamacpp":
+            tokens = list(range(len(str(body.get("content", "")).split())))
+            return self._json(request, 200, {"tokens": tokens})
+        if body.get("model") not in self.models:
+            return self._unknown_model(request, str(body.get("model")))
+        tokens = list(range(len(str(body.get("prompt", "")).split())))
+        return self._json(request, 200, {"count": len(tokens), "max_model_len": 8192, "tokens": tokens})
+
+    # -- messages (the Anthropic Messages API that vLLM serves, text only) ---------------------
+    def _messages(self, request: Request, rec: Recorded) -> bytes | int:
+        body = self._parse_body(request, rec)
+        if isinstance(body, bytes):
+            return body
+        script = attrs.evolve(self.script)
+        usage = script.usage or {}
+        message = {
+            "id": self._next_id("msg"),
+            "type": "message",
+            "role": "assistant",
+            "model": body["model"],
+            "content": [{"type": "text", "text": "".join(script.content)}],
+            "stop_reason": "end_turn",
+            "stop_sequence": None,
+            "usage": {
+                "input_tokens": usage.get("prompt_tokens", 0),
+                "output_tokens": usage.get("completion_tokens", 0),
+            },
+        }
+        if not body.get("stream"):
+            return self._json(request, 200, message)
+        request.setResponseCode(200)
+        request.setHeader(b"content-type", b"text/event-stream; charset=utf-8")
+        _SSEStream(self, request, self._message_events(script, message), script).start(script.header_delay)
+        return NOT_DONE_YET
+
+    def _message_events(self, script: ChatScript, message: dict[str, Any]) -> Iterator[StreamItem]:
+        def event(kind: str, **fields: Any) -> bytes:
+            return b"event: " + kind.encode() + b"\n" + sse({"type": kind, **fields})
+
+        yield event("message_start", message={**message, "content": [], "stop_reason": None})
+        yield event("content_block_start", index=0, content_block={"type": "text", "text": ""})
+        for piece in self._content_stream(script):
+            yield event("content_block_delta", index=0, delta={"type": "text_delta", "text": piece})
+        if script.drop_after is not None:
+            yield _DROP
+            return
+        yield event("content_block_stop", index=0)
+        yield event("message_delta", delta={"stop_reason": "end_turn"}, usage=message["usage"])
+        yield event("message_stop")
 
     # -- embeddings ----------------------------------------------------------------------------
     def _embeddings(self, request: Request, rec: Recorded) -> bytes | int:

@@ -7,6 +7,7 @@ No module-level reactor import (craft.md §4): pytest-twisted installs the react
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -19,7 +20,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -33,12 +34,14 @@ from twisted.internet.defer import Deferred, ensureDeferred, fail
 from twisted.internet.error import ConnectionRefusedError
 from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.testing import MemoryReactorClock
+from twisted.logger import ILogObserver, LogEvent, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test import iosim
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IResponse
 from twisted.web.resource import Resource
 from twisted.web.server import Site
+from zope.interface import implementer
 
 from ollama_proxy.config import ProxyConfig
 from ollama_proxy.service import ProxyService
@@ -160,6 +163,23 @@ def child_env(**extra: str) -> dict[str, str]:
     return env
 
 
+@contextlib.contextmanager
+def logged(namespace: str) -> Iterator[list[LogEvent]]:
+    """The log events of one logger namespace (``ollama_proxy.access`` ...) emitted inside the block."""
+    events: list[LogEvent] = []
+
+    @implementer(ILogObserver)
+    def observe(event: LogEvent) -> None:
+        if event.get("log_namespace") == namespace:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    try:
+        yield events
+    finally:
+        globalLogPublisher.removeObserver(observe)
+
+
 async def eventually(check: Any, timeout: float = 5.0) -> None:
     """Poll a condition on the reactor (the backend side of a disconnect arrives a moment later)."""
     for _ in range(int(timeout / 0.02)):
@@ -170,11 +190,12 @@ async def eventually(check: Any, timeout: float = 5.0) -> None:
 
 
 class StreamingClient(Protocol):
-    """A client that sends a streaming request and then either reads nothing or hangs up."""
+    """A client that sends a streaming request (to ``path``) and then either reads nothing or hangs up."""
 
-    def __init__(self, body: bytes, *, read: bool) -> None:
+    def __init__(self, body: bytes, *, read: bool, path: bytes = b"/api/chat") -> None:
         self._body = body
         self._read = read
+        self._path = path
         self.received = 0
         self.first_data: defer.Deferred[None] = defer.Deferred()
         self.closed: defer.Deferred[None] = defer.Deferred()
@@ -182,8 +203,8 @@ class StreamingClient(Protocol):
     def connectionMade(self) -> None:
         assert self.transport is not None
         self.transport.write(
-            b"POST /api/chat HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
-            b"Content-Length: %d\r\n\r\n%s" % (len(self._body), self._body)
+            b"POST %s HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            b"Content-Length: %d\r\n\r\n%s" % (self._path, len(self._body), self._body)
         )
         if not self._read:
             self.transport.pauseProducing()  # type: ignore[attr-defined]

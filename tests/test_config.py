@@ -18,6 +18,7 @@ from ollama_proxy.config import (
     load_model_map,
 )
 from ollama_proxy.errors import ConfigError
+from ollama_proxy.exchange import Family
 from ollama_proxy.tap import Options
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.models import ModelOverride
@@ -90,6 +91,11 @@ def test_config_path_from_environment(tmp_path: Path) -> None:
         ({"backend": BACKEND, "dialect": "tgi"}, {}, "--dialect: 'tgi' is not one of vllm"),
         ({"backend": BACKEND, "ollama-version": "latest"}, {}, "--ollama-version: 'latest' must be a dotted"),
         ({"backend": BACKEND}, {"OLLAMA_HOST": "host:notaport"}, "--listen (from OLLAMA_HOST)"),
+        (
+            {"backend": BACKEND, "native-apis": "openai"},
+            {},
+            "--native-apis: 'openai' is not one of anthropic",
+        ),
     ],
 )
 def test_bad_values_name_the_option(values: dict[str, str], env: dict[str, str], starts: str) -> None:
@@ -237,3 +243,33 @@ def test_options_build_the_config() -> None:
     assert options.config is not None
     assert options.config.listen == ("tcp:0", "tcp:1")
     assert options.config.pool_size == 4
+
+
+def test_native_apis_for_one_backend_and_per_table(tmp_path: Path) -> None:
+    """Default: both APIs translated.  For ``--backend``: the option or its variable; in ``[[backend]]``
+    tables, each table's own list, else the top-level setting."""
+    assert build_config(cli(backend=BACKEND), {}).backends[0].native_apis == frozenset()
+    both = frozenset({Family.ANTHROPIC, Family.RESPONSES})
+    config = build_config(cli(backend=BACKEND, native_apis="anthropic, Responses"), {})
+    assert config.backends[0].native_apis == both
+    config = build_config(cli(backend=BACKEND), {"OLLAMA_PROXY_NATIVE_APIS": "responses"})
+    assert config.backends[0].native_apis == {Family.RESPONSES}
+    toml = tmp_path / "c.toml"
+    toml.write_text(
+        'native_apis = "responses"\n'
+        '[[backend]]\nurl = "http://vllm:8000/v1"\nnative_apis = ["anthropic"]\n'
+        '[[backend]]\nurl = "https://api.openai.com/v1"\n'
+        '[[backend]]\nurl = "http://llama:8080/v1"\nnative_apis = []\n'
+    )
+    vllm, openai, llama = build_config({}, {}, str(toml)).backends
+    assert (vllm.native_apis, openai.native_apis, llama.native_apis) == (
+        frozenset({Family.ANTHROPIC}),
+        frozenset({Family.RESPONSES}),
+        frozenset(),
+    )
+    toml.write_text('[[backend]]\nurl = "http://vllm:8000/v1"\nnative_apis = ["messages"]\n')
+    with pytest.raises(ConfigError, match=r"\[\[backend\]\] #1 .* native_apis: 'messages' is not one of"):
+        build_config({}, {}, str(toml))
+    toml.write_text('[[backend]]\nurl = "http://vllm:8000/v1"\nnative_apis = 1\n')
+    with pytest.raises(ConfigError, match="native_apis: must be a list of API names"):
+        build_config({}, {}, str(toml))

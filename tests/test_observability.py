@@ -67,7 +67,7 @@ async def test_one_chat_moves_the_metrics(proxy: RunningProxy, http: HTTPClient)
     response = await http.post(proxy.url + "/api/chat", json=body)
     await response.content()
     samples = await scrape(http, proxy.url)
-    chat = (("endpoint", "/api/chat"), ("method", "POST"), ("status", "200"))
+    chat = (("api", "ollama"), ("endpoint", "/api/chat"), ("method", "POST"), ("status", "200"))
     assert samples[("ollama_proxy_requests_total", chat)] == 1
     model = (("model", MODEL),)
     assert samples[("ollama_proxy_prompt_tokens_total", model)] == 12
@@ -111,6 +111,10 @@ async def test_unknown_models_fold_into_one_label(proxy: RunningProxy, http: HTT
         (b"/v1/models/a/b", "/v1/models"),
         (b"/chat/completions?x=1", "/v1/chat/completions"),
         (b"/v1/files", "/v1/other"),
+        (b"/v1/messages?beta=true", "/v1/messages"),
+        (b"/messages/count_tokens", "/v1/messages/count_tokens"),
+        (b"/v1/messagesx", "/v1/other"),
+        (b"/responses", "/v1/responses"),
         (b"/", "/"),
         (b"/random/" + b"x" * 100, "other"),
     ],
@@ -145,6 +149,32 @@ async def test_request_id_round_trip(
 
 
 @pytest_twisted.ensureDeferred
+async def test_the_api_family_labels_the_metrics_and_the_access_events(
+    proxy: RunningProxy, http: HTTPClient, access_events: list[LogEvent]
+) -> None:
+    user = [{"role": "user", "content": "Hi"}]
+    calls = {
+        "/api/chat": {"model": "qwen", "messages": user, "stream": False},
+        "/v1/chat/completions": {"model": "qwen", "messages": user},
+        "/v1/messages": {"model": "qwen", "max_tokens": 8, "messages": user},
+        "/v1/responses": {"model": "qwen", "input": "Hi"},
+    }
+    for path, body in calls.items():
+        response = await http.post(proxy.url + path, json=body)
+        assert response.code == 200
+        await response.content()
+    samples = await scrape(http, proxy.url)
+    for api, path in zip(("ollama", "openai", "anthropic", "responses"), calls, strict=True):
+        labels = (("api", api), ("endpoint", path), ("method", "POST"), ("status", "200"))
+        assert samples[("ollama_proxy_requests_total", labels)] == 1
+        (event,) = [e for e in access_events if e["path"] == path]
+        assert event["api"] == api
+        if api != "openai":  # the pass-through relays the backend's bytes without reading them
+            assert (event["prompt_tokens"], event["completion_tokens"]) == (12, 3)
+    assert samples[("ollama_proxy_prompt_tokens_total", (("model", MODEL),))] == 3 * 12
+
+
+@pytest_twisted.ensureDeferred
 async def test_a_disconnected_stream_still_gets_its_access_event(
     proxy: RunningProxy, access_events: list[LogEvent]
 ) -> None:
@@ -159,7 +189,7 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     assert event["ttft_ms"] is not None
     assert event["bytes_out"] > 0
     requests = proxy.service.app.metrics.requests
-    assert requests.labels("/api/chat", "POST", "499")._value.get() == 1
+    assert requests.labels("ollama", "/api/chat", "POST", "499")._value.get() == 1
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:

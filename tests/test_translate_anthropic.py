@@ -27,12 +27,15 @@ from ollama_proxy.translate.anthropic import (
     anthropic_status,
     budget_effort,
     completion_to_message,
+    counted_input_tokens,
     error_body,
     error_reply,
     estimate_input_tokens,
+    fit_context,
     messages_to_openai,
     stream_error_event,
     tokenize_text,
+    tokenizer_count,
 )
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import Instant
@@ -1916,3 +1919,41 @@ def test_estimate_from_an_sdk_count_tokens_body() -> None:
 def test_count_tokens_of_invalid_bodies(body: Any, message: str) -> None:
     with pytest.raises(BadRequest, match=message):
         estimate_input_tokens(body)
+
+
+@pytest.mark.parametrize(
+    ("reply", "count"),
+    [
+        ({"tokens": [1, 2, 3]}, 3),  # llama.cpp
+        ({"tokens": [{"id": 1, "piece": "a"}]}, 1),  # llama.cpp with_pieces
+        ({"count": 7, "max_model_len": 8192, "tokens": [1]}, 7),  # vLLM
+        ({"count": -1, "tokens": [1, 2]}, 2),
+        ({"error": "nope"}, None),
+        ([1, 2], None),
+    ],
+)
+def test_tokenizer_count(reply: Any, count: int | None) -> None:
+    assert tokenizer_count(reply) == count
+
+
+def test_counted_input_tokens_adds_the_images_the_tokenizer_never_saw() -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": "image/png", "data": PNG}}
+    body = {"messages": [{"role": "user", "content": [image, {"type": "text", "text": "Hi"}]}]}
+    assert counted_input_tokens(body, 5) == 5 + 1600
+    assert counted_input_tokens({"messages": []}, 0) == 1
+
+
+@pytest.mark.parametrize(
+    ("body", "context", "prompt", "kept"),
+    [
+        ({"max_tokens": 32000}, 8192, 100, False),  # Claude Code on a small model
+        ({"max_tokens": 1000}, 8192, 100, True),
+        ({"max_tokens": 8092}, 8192, 100, True),  # exactly fits
+        ({"max_tokens": 8093}, 8192, 100, False),
+        ({"max_completion_tokens": 32000}, 8192, 100, False),  # the OpenAI dialect's field
+        ({"max_tokens": 32000}, None, 100, True),  # the window is unknown: as asked
+    ],
+)
+def test_fit_context(body: dict[str, Any], context: int | None, prompt: int, kept: bool) -> None:
+    fitted = fit_context({"model": "m", **body}, context, prompt)
+    assert fitted == ({"model": "m", **body} if kept else {"model": "m"})

@@ -2,8 +2,9 @@
 a real socket: a bad client key, an unknown model, a body too large, a backend that is down, one that does
 not answer in time, a full queue, and a stream that breaks after it began.
 
-The family is chosen by the request's path alone (``/api/...`` is Ollama's, ``/v1/...`` OpenAI's), so the
-same failure on the same daemon reads differently to an Ollama SDK and to an OpenAI SDK.
+The family is chosen by the request's path alone (``/api/...`` is Ollama's, ``/v1/messages`` Anthropic's,
+``/v1/responses`` the Responses API's, the rest of ``/v1/...`` OpenAI's), so the same failure on the same
+daemon reads differently to an Ollama SDK, an OpenAI SDK and an Anthropic SDK.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from twisted.internet.defer import Deferred
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 
+from ollama_proxy.exchange import Family
 from tests.fake_backend import ChatScript, FakeBackend
 from tests.support import reactor, start_proxy
 
@@ -40,6 +42,8 @@ class FamilyCase:
     message: Callable[[Any], str]
     # The last piece of a stream that broke: the family's ending, parsed.
     stream_ending: Callable[[bytes], str]
+    # The family's status for the daemon's 503 (Anthropic says "overloaded" with 529).
+    overloaded: int = 503
 
 
 def _ollama_message(body: Any) -> str:
@@ -72,6 +76,50 @@ def _openai_ending(data: bytes) -> str:
     return _openai_message(json.loads(last[len("data: ") :]))
 
 
+def _anthropic_message(body: Any) -> str:
+    assert isinstance(body, dict)
+    assert set(body) == {"type", "error"}
+    assert body["type"] == "error"
+    error = body["error"]
+    assert set(error) == {"type", "message"}
+    assert isinstance(error["type"], str)
+    assert isinstance(error["message"], str)
+    return error["message"]
+
+
+def _sse_events(data: bytes) -> list[tuple[str, Any]]:
+    """(event name, parsed data) of each event, every one with its ``event:`` line."""
+    events = []
+    for block in data.decode().split("\n\n"):
+        if block.strip():
+            name, payload = block.split("\n", 1)
+            assert name.startswith("event: ")
+            assert payload.startswith("data: ")
+            events.append((name[len("event: ") :], json.loads(payload[len("data: ") :])))
+    return events
+
+
+def _anthropic_ending(data: bytes) -> str:
+    events = _sse_events(data)
+    assert events[0][0] == "message_start"
+    assert "message_stop" not in [name for name, _ in events]
+    name, last = events[-1]
+    assert name == "error"
+    return _anthropic_message(last)
+
+
+def _responses_ending(data: bytes) -> str:
+    events = _sse_events(data)
+    assert events[0][0] == "response.created"
+    (failed_name, failed), (name, last) = events[-2:]
+    assert failed_name == "response.failed"
+    assert failed["response"]["status"] == "failed"
+    assert failed["response"]["id"] == events[0][1]["response"]["id"]
+    assert name == "error"
+    assert last["message"] == failed["response"]["error"]["message"]
+    return _openai_message({"error": last["error"]})
+
+
 FAMILIES = [
     FamilyCase(
         "ollama",
@@ -86,6 +134,21 @@ FAMILIES = [
         lambda model, stream: {"model": model, "messages": MESSAGES, "stream": stream},
         _openai_message,
         _openai_ending,
+    ),
+    FamilyCase(
+        "anthropic",
+        "/v1/messages",
+        lambda model, stream: {"model": model, "max_tokens": 16, "messages": MESSAGES, "stream": stream},
+        _anthropic_message,
+        _anthropic_ending,
+        overloaded=529,
+    ),
+    FamilyCase(
+        "responses",
+        "/v1/responses",
+        lambda model, stream: {"model": model, "input": "x", "stream": stream},
+        _openai_message,
+        _responses_ending,
     ),
 ]
 
@@ -197,7 +260,7 @@ async def test_overloaded(family: FamilyCase, fake_backend: FakeBackend, client:
         )
         assert (await holding).code == 200  # its headers came: it holds the one backend slot, streaming
         code, body, _ = await _post(client, running.url + family.path, family.body(MODEL, False))
-        assert code == 503
+        assert code == family.overloaded
         assert "busy" in family.message(body)
     finally:
         await running.service.stopService()
@@ -217,3 +280,28 @@ async def test_broken_stream(family: FamilyCase, fake_backend: FakeBackend, clie
         assert family.stream_ending(data) == "the backend connection broke mid-stream"
     finally:
         await running.service.stopService()
+
+
+@pytest.mark.parametrize(
+    ("path", "family"),
+    [
+        (b"/api/chat", Family.OLLAMA),
+        (b"/", Family.OLLAMA),
+        (b"/health", Family.OLLAMA),
+        (b"/v1", Family.OPENAI),
+        (b"/v1/chat/completions", Family.OPENAI),
+        (b"/chat/completions", Family.OPENAI),
+        (b"/models?x=1", Family.OPENAI),
+        (b"/v1/messages", Family.ANTHROPIC),
+        (b"/v1/messages?beta=true", Family.ANTHROPIC),
+        (b"/v1/messages/count_tokens", Family.ANTHROPIC),
+        (b"/messages", Family.ANTHROPIC),
+        (b"/v1/responses", Family.RESPONSES),
+        (b"/responses/resp_1", Family.RESPONSES),
+        (b"/v1/messagesx", Family.OPENAI),
+        (b"/messagesx", Family.OLLAMA),
+        (b"/api/messages", Family.OLLAMA),
+    ],
+)
+def test_the_family_comes_from_the_path(path: bytes, family: Family) -> None:
+    assert Family.for_path(path) is family

@@ -211,7 +211,10 @@ async def test_supervisor_serves_from_workers_replaces_a_dead_one_and_drains(
         response = await treq.get(url + "/metrics", persistent=False)
         exposition = (await response.content()).decode()
         assert (
-            _count(exposition, 'ollama_proxy_requests_total{endpoint="/api/tags",method="GET",status="200"}')
+            _count(
+                exposition,
+                'ollama_proxy_requests_total{api="ollama",endpoint="/api/tags",method="GET",status="200"}',
+            )
             == 6
         )
         live = set(re.findall(r'ollama_proxy_process_threads\{pid="(\d+)"\}', exposition))
@@ -339,7 +342,7 @@ def test_two_workers_answer_on_one_port_a_killed_one_comes_back_and_sigterm_drai
         for path in ("/metrics", "/metrics", "/metrics"):  # whichever worker answers, the totals agree
             counted = _count(
                 _get(url, path),
-                'ollama_proxy_requests_total{endpoint="/api/chat",method="POST",status="200"}',
+                'ollama_proxy_requests_total{api="ollama",endpoint="/api/chat",method="POST",status="200"}',
             )
             assert counted == sent
 

@@ -13,20 +13,25 @@ this module only reads clocks, calls the backend and hands bytes to the relay.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
 from typing import Any
 
 import attrs
 from twisted.logger import Logger
-from twisted.web.iweb import IResponse
 
 from ollama_proxy.app import App
-from ollama_proxy.backend import MAX_JSON_BODY, BackendClient
+from ollama_proxy.backend import MAX_JSON_BODY
 from ollama_proxy.catalog import Resolved
-from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, ModelNotFound
-from ollama_proxy.failover import on_replicas
-from ollama_proxy.json_codec import compact_json
-from ollama_proxy.relay import StreamRelay
+from ollama_proxy.errors import BackendError, BadRequest, ModelNotFound
+from ollama_proxy.handlers.translated import (
+    Translate,
+    check_can_generate,
+    note_stream,
+    now,
+    on_each_replica,
+    open_stream,
+    relay_stream,
+    translated_once,
+)
 from ollama_proxy.schemas import ChatRequest, GenerateRequest, structure
 from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.chat import (
@@ -38,7 +43,6 @@ from ollama_proxy.translate.chat import (
     generate_to_openai,
 )
 from ollama_proxy.translate.context import context_after
-from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import (
     ContextFor,
     Instant,
@@ -56,20 +60,10 @@ from ollama_proxy.wire.ollama import NDJSON_TYPE
 log = Logger(namespace="ollama_proxy.generation")
 
 
-def now() -> Instant:
-    return Instant(time.time(), time.monotonic_ns())
-
-
 def arrival(request: ProxyRequest) -> Instant:
     """When the request reached the daemon (the gate's monotonic reading), as an Instant."""
     started = request.exchange.started
     return Instant(time.time() - (time.monotonic() - started), round(started * 1e9))
-
-
-def _check_can_generate(resolved: Resolved, verb: str) -> None:
-    capabilities = resolved.info.capabilities
-    if "embedding" in capabilities and "completion" not in capabilities:
-        raise BadRequest(f'"{resolved.name}" does not support {verb}')
 
 
 def _load_reply(model: str, kind: Kind, keep_alive_for: float) -> dict[str, Any]:
@@ -100,26 +94,24 @@ class GenerationHandler(Handler):
         resolved: Resolved,
         plan: ReplyPlan,
         *,
-        translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
+        translate: Translate,
         keep: float,
     ) -> None:
         """Call the backend and answer: one JSON object, or the NDJSON relay of its SSE stream.
 
         ``translate`` builds (endpoint, body) for a backend's dialect; it runs once per dialect, and
-        first here, so that a bad request fails before any backend is tried.  A replica that fails
-        before anything reached the client hands the request to the next one.
+        first here, so that a bad request fails before any backend is tried (and before the model
+        counts as used).  The replicas are tried in turn (``handlers/translated.py``).
         """
-        _check_can_generate(resolved, plan.kind)
+        check_can_generate(resolved, plan.kind)
         translate = translated_once(translate)
         translate(resolved.client.dialect)
         self.app.recent.touch(resolved, keep)
 
-        async def attempt(target: Resolved, last: bool) -> None:
-            endpoint, body = translate(target.client.dialect)
-            async with target.client.limit:
-                await self._exchange(request, target, plan, endpoint, body, retry=last)
+        async def call(target: Resolved, endpoint: str, body: dict[str, Any], last: bool) -> None:
+            await self._exchange(request, target, plan, endpoint, body, retry=last)
 
-        await on_replicas(request, resolved, attempt)
+        await on_each_replica(request, resolved, translate, call)
 
     async def _exchange(
         self,
@@ -156,8 +148,8 @@ class GenerationHandler(Handler):
             request.exchange.counted(reply.get("prompt_eval_count"), reply.get("eval_count"))
             request.send_json(reply)
             return
-        response = await _open_stream(
-            client, endpoint, as_stream(body), request_id, retry, model=resolved.backend_id
+        response = await open_stream(
+            client, endpoint, as_stream(body), request_id, retry=retry, model=resolved.backend_id
         )
         translator = StreamTranslator(
             model=resolved.name,
@@ -170,12 +162,12 @@ class GenerationHandler(Handler):
         )
 
         def noted() -> None:
-            _note_stream(request, translator, started)
+            note_stream(request, translator, started)
             if translator.saw_reasoning:
                 self.app.catalog.note_reasoning(resolved.backend_id)
 
         if plan.stream:
-            await self._relay(request, response, translator, noted)
+            await relay_stream(self.app, request, response, OllamaStream(translator), NDJSON_TYPE, noted)
             return
         whole = OllamaWhole(translator)
         transform = EventStreamTransform(whole, now)
@@ -185,82 +177,6 @@ class GenerationHandler(Handler):
         if whole.error is not None or whole.reply is None:
             raise BackendError(whole.error or "the backend's stream ended before it was complete")
         request.send_json(whole.reply)
-
-    async def _relay(
-        self,
-        request: ProxyRequest,
-        response: IResponse,
-        translator: StreamTranslator,
-        noted: Callable[[], None],
-    ) -> None:
-        """The backend's stream relayed as NDJSON, chunk by chunk."""
-        request.setHeader(b"content-type", NDJSON_TYPE)
-        config = self.app.config
-        relay = StreamRelay(
-            request,
-            EventStreamTransform(OllamaStream(translator), now),
-            self.app.reactor,
-            idle_timeout=config.idle_timeout,
-            before_finish=noted,
-        )
-        response.deliverBody(relay)
-        await relay.done
-
-
-async def _open_stream(
-    client: BackendClient, endpoint: str, body: dict[str, Any], request_id: str, retry: bool, *, model: str
-) -> IResponse:
-    """The backend's streaming response, its headers read and its status checked."""
-    try:
-        response = await client.request(
-            "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry, model=model
-        )
-        await client.raise_for_status(response)
-    except BackendRejected as error:
-        if not _rejects_usage_option(error, body):
-            raise
-        # Some OpenAI-compatible servers refuse stream_options; the stream is still worth having,
-        # only without token counts.
-        body = {key: value for key, value in body.items() if key != "stream_options"}
-        response = await client.request(
-            "POST", endpoint, body=compact_json(body), request_id=request_id, retry=retry, model=model
-        )
-        await client.raise_for_status(response)
-    return response
-
-
-def _note_stream(request: ProxyRequest, translator: StreamTranslator, started: Instant) -> None:
-    """Time to first token, decode time and token counts of a finished stream, for logs and metrics."""
-    exchange = request.exchange
-    exchange.counted(*translator.usage)
-    first = translator.first_token_at
-    if first is not None:
-        exchange.first_token_seconds = (first.mono_ns - started.mono_ns) / 1e9
-        exchange.decode_seconds = (time.monotonic_ns() - first.mono_ns) / 1e9
-
-
-def _rejects_usage_option(error: BackendRejected, body: dict[str, Any]) -> bool:
-    message = error.message.lower()
-    return (
-        "stream_options" in body
-        and error.backend_status in (400, 422)
-        and ("stream_options" in message or "include_usage" in message)
-    )
-
-
-def translated_once(
-    translate: Callable[[Dialect], tuple[str, dict[str, Any]]],
-) -> Callable[[Dialect], tuple[str, dict[str, Any]]]:
-    """The translation for a dialect, computed once: validating the request and sending it to the first
-    replica (and to others of the same dialect) share one result instead of translating twice."""
-    done: dict[Dialect, tuple[str, dict[str, Any]]] = {}
-
-    def once(dialect: Dialect) -> tuple[str, dict[str, Any]]:
-        if dialect not in done:
-            done[dialect] = translate(dialect)
-        return done[dialect]
-
-    return once
 
 
 class ChatResource(GenerationHandler):

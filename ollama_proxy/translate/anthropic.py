@@ -34,7 +34,11 @@ Policies decided here, because the two APIs do not line up one to one:
   switch thinking on where the client never asked, and OpenAI's non-reasoning models refuse the field.  A
   ``format`` of type ``json_schema`` becomes a non-strict ``response_format``.
 * **max_tokens** is required, as Anthropic requires it, and must be a positive integer: Anthropic's
-  ``0`` (pre-warm the prompt cache) has no OpenAI equivalent.
+  ``0`` (pre-warm the prompt cache) has no OpenAI equivalent.  When it would not fit in the model's
+  context window together with the prompt (by the estimate of ``count_tokens``), it is left out
+  (:func:`fit_context`): Claude Code asks for 32000 whatever the model, vLLM refuses a prompt and
+  ``max_tokens`` larger than the window, and without the field every backend generates until the window
+  is full, which is what such a client means.
 * **Tools**: custom tools are forwarded (``defer_loading`` ones too: nothing here can load them later);
   Anthropic's server and schema-less tools (``web_search_20250305``, ``bash_20250124`` ...) cannot run on
   the backend and are dropped, their names returned for the caller to log.  ``strict`` is not forwarded:
@@ -663,6 +667,20 @@ def messages_to_openai(body: Mapping[str, Any], backend_model: str, dialect: Dia
     return TranslatedRequest(out, tuple(dropped))
 
 
+_MAX_TOKENS_FIELDS: Final = ("max_tokens", "max_completion_tokens")
+
+
+def fit_context(body: Mapping[str, Any], context_length: int | None, prompt_tokens: int) -> dict[str, Any]:
+    """The backend body without its token limit when that limit and ``prompt_tokens`` (an estimate of the
+    prompt) exceed the model's ``context_length``; unchanged when the window is unknown."""
+    out = dict(body)
+    limit = next((out[key] for key in _MAX_TOKENS_FIELDS if isinstance(out.get(key), int)), None)
+    if context_length and limit is not None and limit + prompt_tokens > context_length:
+        for key in _MAX_TOKENS_FIELDS:
+            out.pop(key, None)
+    return out
+
+
 # ---------------------------------------------------------------------------------------------------------
 # Reading untrusted backend JSON
 # ---------------------------------------------------------------------------------------------------------
@@ -1221,6 +1239,25 @@ def tokenize_text(body: Mapping[str, Any]) -> str:
             described = {key: tool[key] for key in ("name", "description", "input_schema") if key in tool}
             pieces.append(compact_json(described).decode("utf-8"))
     return _BLOCK_SEPARATOR.join(piece for piece in pieces if piece)
+
+
+def tokenizer_count(reply: object) -> int | None:
+    """The number of tokens in a backend ``/tokenize`` reply: vLLM's ``count``, else the length of
+    llama.cpp's (and vLLM's) ``tokens`` list; None for anything else."""
+    if not isinstance(reply, Mapping):
+        return None
+    count = _count(reply.get("count"))
+    if count is not None:
+        return count
+    tokens = reply.get("tokens")
+    return len(tokens) if isinstance(tokens, list) else None
+
+
+def counted_input_tokens(body: Mapping[str, Any], tokenized: int) -> int:
+    """``count_tokens`` from a backend tokenizer's count of :func:`tokenize_text`, which leaves images
+    out: each counts as :data:`IMAGE_TOKENS`."""
+    _, messages = _counted_body(body)
+    return max(1, tokenized + IMAGE_TOKENS * _images(messages))
 
 
 def estimate_input_tokens(body: Mapping[str, Any]) -> int:

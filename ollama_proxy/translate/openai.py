@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any, Final
 from urllib.parse import unquote
 
@@ -102,12 +102,14 @@ def is_event_stream(content_type: str | None) -> bool:
 class PassThrough:
     """The stream relay's transform for ``/v1``: the backend's bytes exactly as they arrive.
 
-    Only a broken stream adds anything: an error event if it is an event stream, nothing otherwise (a
-    JSON body cut short is already unreadable as JSON).
+    Only a broken stream adds anything: an error event if it is an event stream (OpenAI's, unless the
+    API family has its own: ``event_ending``), nothing otherwise (a JSON body cut short is already
+    unreadable as JSON).
     """
 
-    def __init__(self, *, event_stream: bool) -> None:
+    def __init__(self, *, event_stream: bool, event_ending: Callable[[str], bytes] = sse_error_event) -> None:
         self._event_stream = event_stream
+        self._event_ending = event_ending
 
     @property
     def failed(self) -> bool:
@@ -123,7 +125,7 @@ class PassThrough:
         return b""
 
     def fail(self, message: str) -> bytes:
-        return sse_error_event(message) if self._event_stream else b""
+        return self._event_ending(message) if self._event_stream else b""
 
 
 # ---------------------------------------------------------------------------------------------------------

@@ -1225,11 +1225,7 @@ class ResponsesStream:
         error = {"code": "server_error", "message": message}
         output = [item.output() for item in self._items]
         response = self._echo.response("failed", output, self._usage, error=error)
-        return [
-            {"type": "response.failed", "response": response},
-            # The SDKs raise on a top-level "error" object; the rest is the Responses error event.
-            {**error_body(message, 502, "server_error"), "type": "error", **error, "param": None},
-        ]
+        return [{"type": "response.failed", "response": response}, _error_event(message)]
 
     def _texts(self, thinking: str, content: str, refusal: str) -> list[Event]:
         events: list[Event] = []
@@ -1296,6 +1292,22 @@ class ResponsesStream:
             return []
         thinking, content = self._splitter.flush()
         return self._texts(thinking, content, "")
+
+
+def _error_event(message: str) -> Event:
+    # The SDKs raise on a top-level "error" object; the rest is the Responses error event.
+    return {
+        **error_body(message, 502, "server_error"),
+        "type": "error",
+        "code": "server_error",
+        "message": message,
+        "param": None,
+    }
+
+
+def error_event(message: str) -> bytes:
+    """The ``error`` event alone: the ending of a stream that broke where no response is at hand."""
+    return _sse(_error_event(message))
 
 
 def stream_error_events(
