@@ -79,18 +79,9 @@ def parse_json(
     (a batch of embeddings is a million numbers)."""
     if max_values is not None and _too_many_values(data, max_values):
         raise JSONRejected(f"JSON with more than {max_values} values")
-    if _long_digits(data):
-        # orjson reads an integer beyond 64 bits as a float, silently losing digits.
-        value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
-    else:
-        try:
-            value = orjson.loads(data)
-        except orjson.JSONDecodeError:
-            value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
-    # Nesting deeper than max_depth takes twice that many brackets: short texts (events) skip the count.
-    if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
-        raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
-    return value
+    # orjson reads an integer beyond 64 bits as a float, silently losing digits.
+    exact = _long_digits(data)
+    return _decoded(data, allow_constants=allow_constants, max_depth=max_depth, standard=exact)
 
 
 def parse_event(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
@@ -98,10 +89,19 @@ def parse_event(data: bytes | str, *, max_depth: int = MAX_DEPTH) -> Any:
     :func:`parse_json` with ``allow_constants`` and no value limit, except that an integer beyond 64
     bits may come back as a float (the fields read from events are texts, counts and ids; tool-call
     arguments, which are text inside an event, are read exactly by :func:`parse_json`)."""
-    try:
-        value = orjson.loads(data)
-    except orjson.JSONDecodeError:
-        value = _standard_loads(data, allow_constants=True, max_depth=max_depth)
+    return _decoded(data, allow_constants=True, max_depth=max_depth, standard=False)
+
+
+def _decoded(data: bytes | str, *, allow_constants: bool, max_depth: int, standard: bool) -> Any:
+    """orjson's reading (the standard library's where asked, or where orjson refuses), nesting checked."""
+    if standard:
+        value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
+    else:
+        try:
+            value = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            value = _standard_loads(data, allow_constants=allow_constants, max_depth=max_depth)
+    # Nesting deeper than max_depth takes twice that many brackets: short texts (events) skip the count.
     if len(data) > 2 * max_depth and _brackets(data) > max_depth and _depth(value) > max_depth:
         raise JSONRejected(f"JSON nested deeper than {max_depth} levels")
     return value

@@ -827,7 +827,7 @@ def test_fields_a_backend_cannot_use_are_ignored(extra: dict[str, Any]) -> None:
         ),
         (
             {"max_tokens": 10, "messages": [{"role": "user", "content": 3}]},
-            "messages.0.content: expected a string or an array of content blocks, got a number",
+            "messages.0.content: expected a string or an array of content blocks, got 3",
         ),
         (
             {"max_tokens": 10, "messages": [{"role": "user", "content": ["x"]}]},
@@ -843,7 +843,7 @@ def test_fields_a_backend_cannot_use_are_ignored(extra: dict[str, Any]) -> None:
         ),
         (
             {"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "text", "text": 1}]}]},
-            "messages.0.content.0.text: expected a string, got a number",
+            "messages.0.content.0.text: expected a string, got 1",
         ),
         (
             {"max_tokens": 10, "messages": [{"role": "user", "content": [{"type": "tool_use", "id": "t"}]}]},

@@ -697,7 +697,7 @@ def test_fields_without_a_chat_counterpart_are_ignored(ignored: dict[str, Any]) 
         ({}, "missing required parameter: 'input'"),
         (
             {"input": 3},
-            "invalid type for 'input': expected a string or an array of input items, got a number",
+            "invalid type for 'input': expected a string or an array of input items, got 3",
         ),
         ({"input": []}, "'input' holds no user, assistant or tool content"),
         ({"input": [developer("only instructions")]}, "holds no user"),

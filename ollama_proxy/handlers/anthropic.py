@@ -20,14 +20,16 @@ from twisted.web.resource import IResource
 from ollama_proxy.app import App
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import DEFAULT_KEEP_ALIVE, Resolved
-from ollama_proxy.errors import BackendError, BackendRejected, BadRequest, Overloaded
+from ollama_proxy.errors import BackendError, BackendRejected, Overloaded
 from ollama_proxy.exchange import Family
-from ollama_proxy.handlers.openai import NativeOnlyResource, forward_natively
+from ollama_proxy.handlers.openai import NativeOnlyResource
 from ollama_proxy.handlers.translated import (
     EVENT_STREAM_TYPE,
+    BodyWords,
     WholeReply,
     check_can_generate,
     generate,
+    resolve_body,
     translated_once,
 )
 from ollama_proxy.site import ProxyRequest
@@ -45,7 +47,7 @@ from ollama_proxy.translate.chat import CHAT_ENDPOINT
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import Instant
 from ollama_proxy.translate.stream import EventTranslator
-from ollama_proxy.web import Handler, read_json
+from ollama_proxy.web import Handler
 
 log = Logger(namespace="ollama_proxy.anthropic")
 
@@ -62,14 +64,8 @@ def message_id() -> str:
     return "msg_" + os.urandom(12).hex()
 
 
-def _request_body(body: Any) -> tuple[Mapping[str, Any], str]:
-    """The request object and its model (checked before the model is looked up)."""
-    if not isinstance(body, Mapping):
-        raise BadRequest("request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("model: field required")
-    return body, model
+# Anthropic's words for a body that names no model.
+_BODY_WORDS = BodyWords("request body must be a JSON object", "model: field required")
 
 
 def _wants_thinking(body: Mapping[str, Any]) -> bool:
@@ -121,12 +117,10 @@ class MessagesResource(Handler):
         return self if path == b"" else self._elsewhere
 
     async def on_post(self, request: ProxyRequest) -> None:
-        body, model = _request_body(read_json(request))
-        resolved = await self.app.catalog.resolve(model)
-        request.exchange.served(resolved.name, resolved.backend_id)
-        if self.app.serves_natively(resolved.client, Family.ANTHROPIC):
-            await forward_natively(self.app, request, resolved, body)
+        found = await resolve_body(self.app, request, Family.ANTHROPIC, _BODY_WORDS)
+        if found is None:
             return
+        body, resolved = found
         check_can_generate(resolved, "chat")
         dropped: set[str] = set()
 
@@ -163,12 +157,10 @@ class CountTokensResource(Handler):
         self._without_tokenizer: set[BackendClient] = set()
 
     async def on_post(self, request: ProxyRequest) -> None:
-        body, model = _request_body(read_json(request))
-        resolved = await self.app.catalog.resolve(model)
-        request.exchange.served(resolved.name, resolved.backend_id)
-        if self.app.serves_natively(resolved.client, Family.ANTHROPIC):
-            await forward_natively(self.app, request, resolved, body)
+        found = await resolve_body(self.app, request, Family.ANTHROPIC, _BODY_WORDS)
+        if found is None:
             return
+        body, resolved = found
         estimate = estimate_input_tokens(body)  # also checks the request's shape
         tokenized = await self._tokenized(request, resolved, body)
         counted = estimate if tokenized is None else counted_input_tokens(body, tokenized)

@@ -19,14 +19,15 @@ from twisted.web.resource import IResource
 
 from ollama_proxy.app import App
 from ollama_proxy.catalog import DEFAULT_KEEP_ALIVE
-from ollama_proxy.errors import BadRequest
 from ollama_proxy.exchange import Family
-from ollama_proxy.handlers.openai import NativeOnlyResource, forward_natively
+from ollama_proxy.handlers.openai import NativeOnlyResource
 from ollama_proxy.handlers.translated import (
     EVENT_STREAM_TYPE,
+    BodyWords,
     WholeReply,
     check_can_generate,
     generate,
+    resolve_body,
     translated_once,
 )
 from ollama_proxy.site import ProxyRequest
@@ -40,7 +41,7 @@ from ollama_proxy.translate.responses import (
     responses_to_openai,
 )
 from ollama_proxy.translate.stream import EventTranslator
-from ollama_proxy.web import Handler, read_json
+from ollama_proxy.web import Handler
 
 log = Logger(namespace="ollama_proxy.responses")
 
@@ -50,13 +51,8 @@ def response_id() -> str:
     return "resp_" + os.urandom(16).hex()
 
 
-def _request_body(body: Any) -> tuple[Mapping[str, Any], str]:
-    if not isinstance(body, Mapping):
-        raise BadRequest("the request body must be a JSON object")
-    model = body.get("model")
-    if not isinstance(model, str) or not model:
-        raise BadRequest("missing required parameter: 'model'")
-    return body, model
+# OpenAI's words for a body that names no model.
+_BODY_WORDS = BodyWords("the request body must be a JSON object", "missing required parameter: 'model'")
 
 
 def _wants_reasoning(body: Mapping[str, Any]) -> bool:
@@ -113,12 +109,10 @@ class ResponsesResource(Handler):
         return self if path == b"" else self._elsewhere
 
     async def on_post(self, request: ProxyRequest) -> None:
-        body, model = _request_body(read_json(request))
-        resolved = await self.app.catalog.resolve(model)
-        request.exchange.served(resolved.name, resolved.backend_id)
-        if self.app.serves_natively(resolved.client, Family.RESPONSES):
-            await forward_natively(self.app, request, resolved, body)
+        found = await resolve_body(self.app, request, Family.RESPONSES, _BODY_WORDS)
+        if found is None:
             return
+        body, resolved = found
         check_can_generate(resolved, "chat")
         dropped_tools: set[str] = set()
         dropped_input: set[str] = set()

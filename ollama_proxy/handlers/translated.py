@@ -14,7 +14,7 @@ APIs go through :func:`generate`, with a :class:`Replies` saying how their famil
 from __future__ import annotations
 
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any, Protocol
 
 import attrs
@@ -24,13 +24,16 @@ from ollama_proxy.app import App
 from ollama_proxy.backend import BackendClient
 from ollama_proxy.catalog import Resolved
 from ollama_proxy.errors import BackendRejected, BadRequest
+from ollama_proxy.exchange import Family
 from ollama_proxy.failover import on_replicas
+from ollama_proxy.handlers.openai import forward_natively
 from ollama_proxy.json_codec import compact_json
 from ollama_proxy.relay import StreamRelay
 from ollama_proxy.site import ProxyRequest
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import Instant
 from ollama_proxy.translate.stream import EventStreamTransform, EventTranslator
+from ollama_proxy.web import read_json
 
 # The backend request for a dialect: (endpoint under the base URL, JSON body).
 Translate = Callable[[Dialect], tuple[str, dict[str, Any]]]
@@ -42,6 +45,33 @@ EVENT_STREAM_TYPE = b"text/event-stream; charset=utf-8"
 
 def now() -> Instant:
     return Instant(time.time(), time.monotonic_ns())
+
+
+@attrs.frozen
+class BodyWords:
+    """How an API family words the two ways a body can fail to name a model."""
+
+    not_an_object: str
+    no_model: str
+
+
+async def resolve_body(
+    app: App, request: ProxyRequest, family: Family, words: BodyWords
+) -> tuple[Mapping[str, Any], Resolved] | None:
+    """The request's JSON object and the model it names, resolved and noted on the exchange; None when
+    the backend serving that model takes the family's API natively and the request went there whole."""
+    body = read_json(request)
+    if not isinstance(body, Mapping):
+        raise BadRequest(words.not_an_object)
+    model = body.get("model")
+    if not isinstance(model, str) or not model:
+        raise BadRequest(words.no_model)
+    resolved = await app.catalog.resolve(model)
+    request.exchange.served(resolved.name, resolved.backend_id)
+    if app.serves_natively(resolved.client, family):
+        await forward_natively(app, request, resolved, body)
+        return None
+    return body, resolved
 
 
 def check_can_generate(resolved: Resolved, verb: str) -> None:

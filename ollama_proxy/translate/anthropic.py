@@ -82,9 +82,12 @@ from ollama_proxy.errors import BackendError, BadRequest
 from ollama_proxy.json_codec import compact_json
 from ollama_proxy.translate.chat import OPENAI_MAX_STOP, REASONING_FIELD, image_data_url, think_fields
 from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.fields import finite_number, json_kind, whole_number
 from ollama_proxy.translate.replies import (
     Instant,
+    StreamState,
     ThinkTagSplitter,
+    completion_choice,
     error_text,
     first_choice,
     reasoning,
@@ -127,28 +130,12 @@ _TOP_K_DIALECTS: Final = (Dialect.VLLM, Dialect.OPENROUTER, Dialect.LLAMACPP)
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return type(value).__name__
-
-
 def _text(value: object) -> str:
     return value if isinstance(value, str) else ""
 
 
 def _expected(where: str, expected: str, value: object) -> BadRequest:
-    return BadRequest(f"{where}: expected {expected}, got {_json_type(value)}")
+    return BadRequest(f"{where}: expected {expected}, got {json_kind(value)}")
 
 
 def _object(value: object, where: str) -> Mapping[str, Any]:
@@ -170,18 +157,17 @@ def _array(value: object, where: str) -> list[Any]:
 
 
 def _number(value: object, where: str) -> float | int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return value
-    raise _expected(where, "a number", value)
+    number = finite_number(value)
+    if number is None:
+        raise _expected(where, "a number", value)
+    return number
 
 
 def _integer(value: object, where: str) -> int:
-    """JavaScript clients may send ``1024.0``; that is an integer, ``1024.5`` is not."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    raise _expected(where, "an integer", value)
+    number = whole_number(value)
+    if number is None:
+        raise _expected(where, "an integer", value)
+    return number
 
 
 def _positive_integer(value: object, where: str) -> int:
@@ -785,13 +771,7 @@ def completion_to_message(
     body: Mapping[str, Any], *, model: str, message_id: str, split_think_tags: bool = False
 ) -> dict[str, Any]:
     """A non-stream ``chat.completion`` as Anthropic's ``Message``, named after the client's ``model``."""
-    if not isinstance(body, Mapping):
-        raise BackendError("backend reply is not a JSON object")
-    if body.get("error"):
-        raise BackendError(error_text(body["error"]))
-    choice = first_choice(body)
-    if choice is None:
-        raise BackendError("backend reply has no choices")
+    choice = completion_choice(body)
     message = choice.get("message")
     if not isinstance(message, Mapping):
         raise BackendError("backend reply has no message")
@@ -863,7 +843,7 @@ def _may_be_null(text: str) -> bool:
     return "null".startswith(stripped)
 
 
-class AnthropicStream:
+class AnthropicStream(StreamState):
     """OpenAI ``chat.completion.chunk`` events -> Anthropic's SSE event bytes.
 
     Content, thinking and tool arguments pass through as they arrive, each kind in its own content block,
@@ -894,22 +874,9 @@ class AnthropicStream:
         self._first: Instant | None = None
 
     @property
-    def failed(self) -> bool:
-        return self._failed
-
-    @property
-    def saw_finish(self) -> bool:
-        """Whether the backend said why it stopped: a stream ending without it was cut short."""
-        return self._finish_reason is not None
-
-    @property
     def usage(self) -> tuple[int | None, int | None]:
         """The backend's prompt and completion token counts (cached prompt tokens included)."""
         return self._usage.prompt, self._usage.completion
-
-    @property
-    def first_token_at(self) -> Instant | None:
-        return self._first
 
     def start(self, at: Instant) -> bytes:
         """``message_start`` and a ``ping``; written once, even if called again or left to :meth:`feed`."""

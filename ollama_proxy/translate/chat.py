@@ -11,7 +11,6 @@ from __future__ import annotations
 import binascii
 import hashlib
 import json
-import math
 import re
 from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any, Final
@@ -21,6 +20,7 @@ from ollama_proxy.schemas import ChatRequest, Format, GenerateRequest, Message, 
 from ollama_proxy.translate.context import earlier_turns
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.families import FillInTheMiddle
+from ollama_proxy.translate.fields import finite_number, json_kind, whole_number
 
 CHAT_ENDPOINT: Final = "chat/completions"
 COMPLETIONS_ENDPOINT: Final = "completions"
@@ -205,37 +205,22 @@ def _messages(messages: Sequence[Message], dialect: Dialect) -> list[dict[str, A
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _json_type(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (list, tuple)):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return repr(value)
-
-
 def _bad_option(key: str, expected: str, value: object) -> BadRequest:
-    return BadRequest(f"invalid value for option '{key}': expected {expected}, got {_json_type(value)}")
+    return BadRequest(f"invalid value for option '{key}': expected {expected}, got {json_kind(value)}")
 
 
 def _number(key: str, value: object) -> float | int:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return value
-    raise _bad_option(key, "a number", value)
+    number = finite_number(value)
+    if number is None:
+        raise _bad_option(key, "a number", value)
+    return number
 
 
 def _integer(key: str, value: object) -> int:
-    """Go's Ollama decodes JSON numbers as float64 and truncates; ``40.0`` is an integer, ``40.5`` is not."""
-    if isinstance(value, int) and not isinstance(value, bool):
-        return value
-    if isinstance(value, float) and math.isfinite(value) and value.is_integer():
-        return int(value)
-    raise _bad_option(key, "an integer", value)
+    number = whole_number(value)
+    if number is None:
+        raise _bad_option(key, "an integer", value)
+    return number
 
 
 def _stop(key: str, value: object) -> list[str]:

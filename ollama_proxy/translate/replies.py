@@ -140,6 +140,19 @@ def first_choice(event: Mapping[str, Any]) -> Mapping[str, Any] | None:
     return None
 
 
+def completion_choice(body: object) -> Mapping[str, Any]:
+    """The first choice of a whole (non-stream) backend reply; a reply that is not one, or that carries
+    an ``error``, is the backend's failure (``BackendError``)."""
+    if not isinstance(body, Mapping):
+        raise BackendError("backend reply is not a JSON object")
+    if body.get("error"):
+        raise BackendError(error_text(body["error"]))
+    choice = first_choice(body)
+    if choice is None:
+        raise BackendError("backend reply has no choices")
+    return choice
+
+
 _DONE_REASONS: Final = {"stop": "stop", "length": "length"}
 
 
@@ -431,11 +444,36 @@ def carries_reasoning(body: Mapping[str, Any]) -> bool:
 # Streaming
 # ---------------------------------------------------------------------------------------------------------
 
+
+class StreamState:
+    """What every family's stream translator tells the relay: whether the backend's stream carried an
+    error (``_failed``), whether it said why it stopped (``_finish_reason``), and when its first token
+    came (``_first``).  Subclasses set those, and give ``usage``."""
+
+    _failed: bool = False
+    _finish_reason: object = None
+    _first: Instant | None = None
+
+    @property
+    def failed(self) -> bool:
+        return self._failed
+
+    @property
+    def saw_finish(self) -> bool:
+        """Whether the backend said why it stopped (a ``finish_reason``): a stream that ends without one
+        and without ``[DONE]`` was cut short."""
+        return self._finish_reason is not None
+
+    @property
+    def first_token_at(self) -> Instant | None:
+        return self._first
+
+
 #: Computes a generate reply's ``context`` from its whole answer; None for no ``context``.
 ContextFor = Callable[[str], list[int] | None]
 
 
-class StreamTranslator:
+class StreamTranslator(StreamState):
     """OpenAI ``chat.completion.chunk`` / ``text_completion`` events -> Ollama chunk dicts.
 
     Content and thinking pass through delta by delta.  Tool calls arrive as argument fragments but Ollama
@@ -486,20 +524,6 @@ class StreamTranslator:
     @property
     def usage(self) -> tuple[int | None, int | None]:
         return self._prompt_tokens, self._completion_tokens
-
-    @property
-    def first_token_at(self) -> Instant | None:
-        return self._first
-
-    @property
-    def failed(self) -> bool:
-        return self._failed
-
-    @property
-    def saw_finish(self) -> bool:
-        """Whether the backend said why it stopped (a ``finish_reason``): a stream that ends without one
-        and without ``[DONE]`` was cut short."""
-        return self._finish_reason is not None
 
     @property
     def saw_reasoning(self) -> bool:
@@ -695,13 +719,7 @@ def completion_to_reply(
     context_for: ContextFor | None = None,
 ) -> dict[str, Any]:
     """A non-stream ``chat.completion`` / ``text_completion`` body as Ollama's one final object."""
-    if not isinstance(body, Mapping):
-        raise BackendError("backend reply is not a JSON object")
-    if body.get("error"):
-        raise BackendError(error_text(body["error"]))
-    choice = first_choice(body)
-    if choice is None:
-        raise BackendError("backend reply has no choices")
+    choice = completion_choice(body)
     message = choice.get("message")
     if isinstance(message, Mapping):
         content, thinking = _text(message.get("content")), reasoning(message)

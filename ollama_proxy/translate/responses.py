@@ -71,10 +71,13 @@ from ollama_proxy.json_codec import compact_json
 from ollama_proxy.schemas import Think
 from ollama_proxy.translate.chat import REASONING_FIELD, image_data_url, synthesize_call_id, think_fields
 from ollama_proxy.translate.dialect import Dialect
+from ollama_proxy.translate.fields import finite_number, json_kind, whole_number
 from ollama_proxy.translate.replies import (
     Instant,
     PendingCall,
+    StreamState,
     ThinkTagSplitter,
+    completion_choice,
     error_text,
     first_choice,
     merge_fragment,
@@ -90,33 +93,18 @@ STATELESS: Final = "this server keeps no state between requests; send the whole 
 # ---------------------------------------------------------------------------------------------------------
 
 
-def _kind(value: object) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, str):
-        return "a string"
-    if isinstance(value, (int, float)):
-        return "a number"
-    if isinstance(value, list):
-        return "an array"
-    if isinstance(value, Mapping):
-        return "an object"
-    return repr(value)
-
-
 def _invalid(where: str, expected: str, value: object) -> BadRequest:
-    return BadRequest(f"invalid type for '{where}': expected {expected}, got {_kind(value)}")
+    return BadRequest(f"invalid type for '{where}': expected {expected}, got {json_kind(value)}")
 
 
 def _number(body: Mapping[str, Any], key: str) -> float | int | None:
     value = body.get(key)
     if value is None:
         return None
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
-        return value
-    raise _invalid(key, "a number", value)
+    number = finite_number(value)
+    if number is None:
+        raise _invalid(key, "a number", value)
+    return number
 
 
 def _flag(body: Mapping[str, Any], key: str) -> bool | None:
@@ -585,14 +573,13 @@ def _max_tokens(body: Mapping[str, Any], dialect: Dialect) -> dict[str, Any]:
     value = body.get("max_output_tokens")
     if value is None:
         return {}
-    if isinstance(value, float) and value.is_integer():
-        value = int(value)
-    if not isinstance(value, int) or isinstance(value, bool):
+    tokens = whole_number(value)
+    if tokens is None:
         raise _invalid("max_output_tokens", "an integer", value)
-    if value < 1:
+    if tokens < 1:
         raise BadRequest("invalid value for 'max_output_tokens': expected at least 1")
     # OpenAI deprecated max_tokens on chat and its reasoning models refuse it.
-    return {"max_completion_tokens" if dialect is Dialect.OPENAI else "max_tokens": value}
+    return {"max_completion_tokens" if dialect is Dialect.OPENAI else "max_tokens": tokens}
 
 
 def _refuse_state(body: Mapping[str, Any]) -> None:
@@ -832,13 +819,7 @@ def completion_to_response(
     ``request`` is the client's own body: the response repeats its settings and reads namespace members'
     names through its tools.  ``completed_at`` defaults to ``created_at``.
     """
-    if not isinstance(body, Mapping):
-        raise BackendError("backend reply is not a JSON object")
-    if body.get("error"):
-        raise BackendError(error_text(body["error"]))
-    choice = first_choice(body)
-    if choice is None:
-        raise BackendError("backend reply has no choices")
+    choice = completion_choice(body)
     message = choice.get("message")
     if not isinstance(message, Mapping):
         raise BackendError("backend reply has no message")
@@ -1075,7 +1056,7 @@ def _sse(event: Event) -> bytes:
     return b"event: " + str(event["type"]).encode() + b"\ndata: " + compact_json(event) + b"\n\n"
 
 
-class ResponsesStream:
+class ResponsesStream(StreamState):
     """OpenAI ``chat.completion.chunk`` events (decoded JSON) -> Responses SSE bytes.
 
     The stream plumbing calls :meth:`start` when the backend answered, :meth:`feed` per chunk, then
@@ -1109,21 +1090,8 @@ class ResponsesStream:
         self._finished = False
 
     @property
-    def failed(self) -> bool:
-        return self._failed
-
-    @property
-    def saw_finish(self) -> bool:
-        """Whether the backend said why it stopped: a stream ending without that was cut short."""
-        return self._finish_reason is not None
-
-    @property
     def usage(self) -> tuple[int | None, int | None]:
         return self._usage.prompt, self._usage.completion
-
-    @property
-    def first_token_at(self) -> Instant | None:
-        return self._first
 
     def start(self, at: Instant) -> bytes:
         return self._emit(self._begin())

@@ -53,8 +53,8 @@ class EventTranslator(Protocol):
     def fail(self, message: str) -> bytes: ...
 
 
-class OllamaStream:
-    """Ollama's stream translator (chunk objects) as an :class:`EventTranslator`: NDJSON lines."""
+class _OllamaEvents:
+    """What Ollama's stream and whole-reply adapters share: the translator's state, read through."""
 
     def __init__(self, translator: StreamTranslator) -> None:
         self.translator = translator
@@ -78,6 +78,10 @@ class OllamaStream:
     def start(self, at: Instant) -> bytes:
         return b""
 
+
+class OllamaStream(_OllamaEvents):
+    """Ollama's stream translator (chunk objects) as an :class:`EventTranslator`: NDJSON lines."""
+
     def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
         chunks = self.translator.feed(event, at)
         if len(chunks) == 1:  # the usual event: one content delta
@@ -91,34 +95,19 @@ class OllamaStream:
         return error_line(message)
 
 
-class OllamaWhole:
+class OllamaWhole(_OllamaEvents):
     """Ollama's whole reply from a backend stream, as an :class:`EventTranslator` that writes nothing:
     the translator (made with ``whole=True``) folds the stream, and the handler answers with
     :attr:`reply`, or with :attr:`error` as a real status, since nothing has reached the client yet."""
 
     def __init__(self, translator: StreamTranslator) -> None:
-        self.translator = translator
+        super().__init__(translator)
         self.reply: dict[str, Any] | None = None
         self.error: str | None = None
 
     @property
     def failed(self) -> bool:
         return self.translator.failed or self.error is not None
-
-    @property
-    def saw_finish(self) -> bool:
-        return self.translator.saw_finish
-
-    @property
-    def usage(self) -> tuple[int | None, int | None]:
-        return self.translator.usage
-
-    @property
-    def first_token_at(self) -> Instant | None:
-        return self.translator.first_token_at
-
-    def start(self, at: Instant) -> bytes:
-        return b""
 
     def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
         self._keep(self.translator.feed(event, at))
