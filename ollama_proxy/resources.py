@@ -6,8 +6,8 @@ from __future__ import annotations
 from twisted.web.resource import Resource
 
 from ollama_proxy.app import App
-from ollama_proxy.handlers import anthropic, embed, generation, health, manage, meta, openai, responses
-from ollama_proxy.web import Directory, Fallback
+from ollama_proxy.handlers import embed, generation, health, manage, meta, openai
+from ollama_proxy.web import Directory, Fallback, OnFirstUse
 
 
 def build_root(app: App) -> Resource:
@@ -42,8 +42,8 @@ def build_root(app: App) -> Resource:
     # but the Anthropic Messages API and the Responses API, translated, with and without /v1.
     passthrough = openai.OpenAIResource(app)
     translated: dict[bytes, Resource] = {
-        b"messages": anthropic.MessagesResource(app),
-        b"responses": responses.ResponsesResource(app),
+        b"messages": OnFirstUse(lambda: _messages(app)),
+        b"responses": OnFirstUse(lambda: _responses(app)),
     }
     v1 = Fallback(passthrough)
     root.putChild(b"v1", v1)
@@ -56,3 +56,15 @@ def build_root(app: App) -> Resource:
         v1.putChild(name, child)
         root.putChild(name, child)
     return root
+
+
+def _messages(app: App) -> Resource:
+    from ollama_proxy.handlers import anthropic
+
+    return anthropic.MessagesResource(app)
+
+
+def _responses(app: App) -> Resource:
+    from ollama_proxy.handlers import responses
+
+    return responses.ResponsesResource(app)

@@ -45,7 +45,6 @@ from prometheus_client.multiprocess import mark_process_dead
 from twisted.application.service import Service
 from twisted.internet import defer
 from twisted.internet.defer import Deferred, DeferredList, ensureDeferred, gatherResults, maybeDeferred
-from twisted.internet.endpoints import serverFromString
 from twisted.internet.error import ProcessExitedAlready, ProcessTerminated
 from twisted.internet.protocol import Factory, ProcessProtocol
 from twisted.internet.task import LoopingCall
@@ -204,6 +203,8 @@ class Supervisor(Service):
     # -- start -----------------------------------------------------------------------------------------
 
     def startService(self) -> None:
+        from twisted.internet.endpoints import serverFromString  # after leave_tls_out (tap.py)
+
         super().startService()  # type: ignore[no-untyped-call]  # Twisted's Service is unannotated
         self.directory = tempfile.mkdtemp(
             prefix="ollama-proxy-workers-", dir=self._environ.get("RUNTIME_DIRECTORY") or None

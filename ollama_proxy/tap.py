@@ -12,9 +12,7 @@ from ollama_proxy import listen_fds  # noqa: F401 -- first: names unnamed system
 from ollama_proxy.config import SETTINGS, ProxyConfig, build_config
 from ollama_proxy.errors import ConfigError
 from ollama_proxy.open_files import raise_open_file_limit
-from ollama_proxy.sdnotify import attach_notifier
-from ollama_proxy.service import ProxyService, settle_garbage_collector
-from ollama_proxy.supervisor import Supervisor, check_shareable
+from ollama_proxy.tls_on_demand import leave_tls_out
 
 
 class Options(usage.Options):
@@ -55,8 +53,12 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             config = build_config(self, os.environ, self["config"], tuple(self.listen), tuple(self.backends))
+            # Before Twisted's networking is imported (the endpoint check below is the first to).
+            leave_tls_out([backend.url for backend in config.backends], config.listen)
             _check_endpoints(config.listen)
             if config.workers > 1:
+                from ollama_proxy.supervisor import check_shareable
+
                 check_shareable(config.listen)
         except ConfigError as exc:
             # One clear line and a non-zero exit, rather than twistd's full usage text or a traceback.
@@ -90,8 +92,14 @@ def makeService(options: Options, reactor: Any = None) -> Any:
         reactor = global_reactor
     assert options.config is not None  # noqa: S101 -- postOptions always sets it or exits
     raise_open_file_limit()  # before the limit is read for --max-connections; workers inherit it
+    # Each process imports what it runs: the supervisor none of the serving code, a daemon no supervisor.
     if options.config.workers > 1:
+        from ollama_proxy.supervisor import Supervisor
+
         return Supervisor(options.config, reactor, options.argv, handle_signals=True)
+    from ollama_proxy.sdnotify import attach_notifier
+    from ollama_proxy.service import ProxyService, settle_garbage_collector
+
     service = ProxyService(options.config, reactor, handle_signals=True)
     attach_notifier(service, reactor)
     reactor.callWhenRunning(settle_garbage_collector)

@@ -167,3 +167,31 @@ class Fallback(Resource):
 
     def render(self, request: ProxyRequest) -> Any:
         return self.fallback.render(request)
+
+
+class OnFirstUse(Resource):
+    """A handler built, and its module imported, by the first request that needs it: a daemon that is
+    never asked for an API family does not carry its translation (``--workers`` N carry it N times)."""
+
+    def __init__(self, build: Callable[[], Resource]) -> None:
+        super().__init__()
+        self._build = build
+        self._built: Resource | None = None
+
+    def _resource(self) -> Resource:
+        if self._built is None:
+            self._built = self._build()
+        return self._built
+
+    def getChildWithDefault(self, path: bytes, request: ProxyRequest) -> IResource:  # noqa: N802
+        built = self._resource()
+        if built.isLeaf and request.prepath is not None and request.postpath is not None:
+            # It answers the paths below it itself: put the segment back for it.
+            request.prepath.pop()
+            request.postpath.insert(0, path)
+            return built
+        child: IResource = built.getChildWithDefault(path, request)
+        return child
+
+    def render(self, request: ProxyRequest) -> Any:
+        return self._resource().render(request)

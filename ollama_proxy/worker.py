@@ -26,8 +26,6 @@ from ollama_proxy.balance import ConnectionBoard, TakeTurns
 from ollama_proxy.logs import json_observer
 from ollama_proxy.open_files import raise_open_file_limit
 from ollama_proxy.sdnotify import attach_notifier
-from ollama_proxy.service import ProxyService, settle_garbage_collector
-from ollama_proxy.shared_metrics import SharedMetrics
 from ollama_proxy.signals import ignore_from_now_on, install_when_running, stop_once
 from ollama_proxy.supervisor import FIRST_FD, WorkerArguments
 from ollama_proxy.tap import Options
@@ -82,12 +80,15 @@ class WorkerOptions(Options):
 
 def worker_main(argv: Sequence[str]) -> None:
     """A worker: the daemon of ``argv`` (the parent's plugin arguments) on the inherited sockets."""
-    from twisted.internet import reactor
-
     arguments = WorkerArguments.parse(argv)
     _follow_parent(arguments.parent)
     options = WorkerOptions(arguments.sockets)
-    options.parseOptions(arguments.plugin_argv)
+    options.parseOptions(arguments.plugin_argv)  # first: it decides whether TLS is needed (tap.py)
+    from twisted.internet import reactor
+
+    from ollama_proxy.service import ProxyService, settle_garbage_collector
+    from ollama_proxy.shared_metrics import SharedMetrics
+
     config = options.config
     assert config is not None  # noqa: S101 -- parseOptions sets it or exits
     globalLogBeginner.beginLoggingTo(

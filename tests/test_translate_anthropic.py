@@ -24,21 +24,18 @@ from ollama_proxy.sse import SSEDecoder
 from ollama_proxy.translate.anthropic import (
     AnthropicStream,
     TranslatedRequest,
-    anthropic_status,
     budget_effort,
     completion_to_message,
     counted_input_tokens,
-    error_body,
-    error_reply,
     estimate_input_tokens,
     fit_context,
     messages_to_openai,
-    stream_error_event,
     tokenize_text,
     tokenizer_count,
 )
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import Instant
+from ollama_proxy.wire.anthropic import anthropic_status, error_body, error_reply, stream_error_event
 
 MODEL = "claude-sonnet-4-5"
 MESSAGE_ID = "msg_0123456789abcdef"

@@ -3,7 +3,7 @@
 llama.cpp's server and older vLLM have no ``/v1/responses``, while Codex CLI (``--oss``) and the openai SDK's
 ``responses.create``/``responses.stream`` speak nothing else, so requests are rewritten as chat completions
 and replies and stream chunks as Responses objects and events.  Errors answered over HTTP take OpenAI's shape
-(:func:`ollama_proxy.translate.openai.error_body`); :func:`stream_error_events` covers a stream already
+(:func:`ollama_proxy.wire.openai.error_body`); :func:`stream_error_events` covers a stream already
 under way.  Time is an argument everywhere, so every output is a function of the inputs.
 
 Policies decided here, because the Responses API assumes a server that OpenAI runs:
@@ -83,7 +83,7 @@ from ollama_proxy.translate.replies import (
     merge_fragment,
     reasoning,
 )
-from ollama_proxy.wire.openai import error_body
+from ollama_proxy.wire.responses import error_event_object
 
 NAMESPACE_SEPARATOR: Final = "__"
 STATELESS: Final = "this server keeps no state between requests; send the whole conversation in 'input'"
@@ -1193,7 +1193,7 @@ class ResponsesStream(StreamState):
         error = {"code": "server_error", "message": message}
         output = [item.output() for item in self._items]
         response = self._echo.response("failed", output, self._usage, error=error)
-        return [{"type": "response.failed", "response": response}, _error_event(message)]
+        return [{"type": "response.failed", "response": response}, error_event_object(message)]
 
     def _texts(self, thinking: str, content: str, refusal: str) -> list[Event]:
         events: list[Event] = []
@@ -1260,22 +1260,6 @@ class ResponsesStream(StreamState):
             return []
         thinking, content = self._splitter.flush()
         return self._texts(thinking, content, "")
-
-
-def _error_event(message: str) -> Event:
-    # The SDKs raise on a top-level "error" object; the rest is the Responses error event.
-    return {
-        **error_body(message, 502, "server_error"),
-        "type": "error",
-        "code": "server_error",
-        "message": message,
-        "param": None,
-    }
-
-
-def error_event(message: str) -> bytes:
-    """The ``error`` event alone: the ending of a stream that broke where no response is at hand."""
-    return _sse(_error_event(message))
 
 
 def stream_error_events(
