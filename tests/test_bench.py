@@ -5,6 +5,7 @@ this needs the peer, Go, nginx or wrk: ``make bench`` runs those."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from bench import canned, paced, peer, report
 from bench.paced_client import build_c_client, run_client
-from bench.scenarios import SCENARIOS, CheckFailed, Reply, essential
+from bench.scenarios import BY_KEY, SCENARIOS, CheckFailed, Reply, essential
+from bench.wrk import write_script
 
 # -- the paced scenario ------------------------------------------------------------------------------------
 
@@ -275,8 +277,9 @@ def test_the_peer_config_serves_the_bench_models_under_their_own_names() -> None
     assert "${" not in text  # no environment expansion left to the peer
 
 
-def test_the_peer_serves_every_scenario_and_each_has_an_essential_check() -> None:
+def test_the_peer_serves_all_but_responses_and_each_scenario_has_an_essential_check() -> None:
     keys = {s.key for s in SCENARIOS}
+    assert keys - peer.SERVES == {"responses-stream"}
     assert keys >= peer.SERVES
     for key in keys:
         with pytest.raises(CheckFailed):
@@ -287,6 +290,144 @@ def test_the_peer_serves_every_scenario_and_each_has_an_essential_check() -> Non
         b'{"model":"m","message":{"role":"assistant","content":"%s"},"done":true}' % (canned.TEXT.encode()),
     )
     essential("chat")(good)
+
+
+# -- the scenarios' checks ---------------------------------------------------------------------------------
+
+
+def _sse(events: list[dict[str, Any]], *, named: bool = True) -> bytes:
+    return b"".join(
+        (f"event: {e['type']}\n" if named else "").encode() + b"data: " + json.dumps(e).encode() + b"\n\n"
+        for e in events
+    )
+
+
+def _anthropic_events() -> list[dict[str, Any]]:
+    usage = {"input_tokens": canned.PROMPT_TOKENS, "output_tokens": 0}
+    message: dict[str, Any] = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": canned.MODEL,
+        "content": [],
+    }
+    message.update(stop_reason=None, stop_sequence=None, usage=usage)
+    text = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
+        for token in canned.CONTENT_TOKENS
+    ]
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *text,
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": canned.COMPLETION_TOKENS},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def _responses_events() -> list[dict[str, Any]]:
+    def response(status: str, output: list[Any], usage: Any = None) -> dict[str, Any]:
+        return {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": canned.MODEL,
+            "status": status,
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage,
+        }
+
+    part = {"type": "output_text", "text": "", "annotations": []}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    done_part = {**part, "text": canned.TEXT}
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    usage = {
+        "input_tokens": canned.PROMPT_TOKENS,
+        "output_tokens": canned.COMPLETION_TOKENS,
+        "total_tokens": canned.PROMPT_TOKENS + canned.COMPLETION_TOKENS,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("in_progress", [])},
+        {"type": "response.in_progress", "response": response("in_progress", [])},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": token, "logprobs": []}
+            for token in canned.CONTENT_TOKENS
+        ),
+        {"type": "response.output_text.done", **where, "text": canned.TEXT, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": done_part},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed", "response": response("completed", [done_item], usage)},
+    ]
+    return [{**event, "sequence_number": n} for n, event in enumerate(events)]
+
+
+SSE = {"content-type": "text/event-stream; charset=utf-8"}
+
+
+def test_the_anthropic_stream_check_reads_every_named_event() -> None:
+    events = _anthropic_events()
+    BY_KEY["messages-stream"].check(Reply(200, SSE, _sse(events)))
+    essential("messages-stream")(Reply(200, SSE, _sse(events, named=False)))
+    broken = {
+        "event without": _sse(events, named=False),
+        "the last event is message_delta": _sse(events[:-1]),
+        "streamed text": _sse([e for e in events if e.get("delta", {}).get("text") != " word7"]),
+        "stop_reason": _sse(
+            [
+                {**e, "delta": {"stop_reason": "max_tokens"}} if e["type"] == "message_delta" else e
+                for e in events
+            ]
+        ),
+        "message_start: ": _sse([{"type": "message_start", "message": {"model": canned.MODEL}}, *events[1:]]),
+    }
+    for problem, body in broken.items():
+        with pytest.raises(CheckFailed, match=problem):
+            BY_KEY["messages-stream"].check(Reply(200, SSE, body))
+    with pytest.raises(CheckFailed, match="streamed text"):
+        essential("messages-stream")(Reply(200, SSE, _sse(events[:5])))
+
+
+def test_the_responses_stream_check_wants_created_first_and_completed_with_usage_last() -> None:
+    events = _responses_events()
+    BY_KEY["responses-stream"].check(Reply(200, SSE, _sse(events)))
+    essential("responses-stream")(Reply(200, SSE, _sse(events)))
+    without_usage = {**events[-1], "response": {**events[-1]["response"], "usage": None}}
+    broken = {
+        "the first event is response.in_progress": _sse(events[1:]),
+        "the last event is response.output_item.done": _sse(events[:-1]),
+        "usage": _sse([*events[:-1], without_usage]),
+        "streamed text": _sse([e for e in events if e.get("delta") != "Hello"]),
+        "unexpected event 'response.failed'": _sse([*events, {**events[-1], "type": "response.failed"}]),
+        "event without": _sse(events, named=False),
+    }
+    for problem, body in broken.items():
+        with pytest.raises(CheckFailed, match=problem):
+            BY_KEY["responses-stream"].check(Reply(200, SSE, body))
+
+
+def test_the_anthropic_scenario_sends_the_sdks_version_header(tmp_path: Path) -> None:
+    request = BY_KEY["messages-stream"].daemon
+    assert request.headers() == {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+    assert request.body is not None
+    assert request.body["max_tokens"] == 256
+    script = write_script(tmp_path, "m", request).read_text()
+    assert 'wrk.headers["anthropic-version"] = "2023-06-01"' in script
+    assert 'wrk.headers["Content-Type"] = "application/json"' in script
+    assert "wrk.headers" not in write_script(tmp_path, "t", BY_KEY["tags"].daemon).read_text()
 
 
 # -- the report --------------------------------------------------------------------------------------------
