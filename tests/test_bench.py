@@ -432,8 +432,20 @@ def test_the_anthropic_scenario_sends_the_sdks_version_header(tmp_path: Path) ->
 
 # -- the report --------------------------------------------------------------------------------------------
 
+# CPU ms per request at c=10 that the targets table's tests set apart from the rest's 0.5 (daemon) and
+# 0.2 (peer): /api/chat's stream at 0.7 sets the others' limit at 0.84.
+CPU = {
+    ("chat-stream", "daemon"): 0.7,
+    ("chat-stream", "peer"): 0.8,
+    ("generate-stream", "daemon"): 0.77,
+    ("messages-stream", "daemon"): 0.91,
+    ("responses-stream", "daemon"): 0.83,
+    ("chat", "daemon"): 0.3,
+    ("tags", "daemon"): 0.08,
+}
 
-def _results(*, with_peer: bool) -> dict[str, Any]:
+
+def _results(*, with_peer: bool, cpu: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
     def cell(target: str, key: str, c: int) -> dict[str, Any]:
         return {
             "scenario": key,
@@ -443,14 +455,20 @@ def _results(*, with_peer: bool) -> dict[str, Any]:
             "rps": 1000.0 if target != "direct" else 30000.0,
             "p50_ms": 1.0,
             "p99_ms": 2.0,
-            "cpu_ms_per_req": 0.5 if target == "daemon" else 0.2,
+            "cpu_ms_per_req": (cpu or {}).get((key, target), 0.5 if target == "daemon" else 0.2),
             "added_p50_ms": 0.9,
             "added_p99_ms": 1.8,
             "other_cpus": 0.0,
         }
 
     targets = ["direct", "daemon", *(["peer"] if with_peer else [])]
-    cells = [cell(t, s.key, c) for s in SCENARIOS for c in (1, 10) for t in targets]
+    cells = [
+        cell(t, s.key, c)
+        for s in SCENARIOS
+        for c in (1, 10)
+        for t in targets
+        if t != "peer" or s.key in peer.SERVES
+    ]
     run = {
         "streams": 100,
         "rate": 50.0,
@@ -506,7 +524,13 @@ def _results(*, with_peer: bool) -> dict[str, Any]:
         },
         "cells": cells,
         "scenarios": [
-            {"key": s.key, "label": s.label, "stream": s.stream, "check_failures": [], "peer_serves": True}
+            {
+                "key": s.key,
+                "label": s.label,
+                "stream": s.stream,
+                "check_failures": [],
+                "peer_serves": s.key in peer.SERVES,
+            }
             for s in SCENARIOS
         ],
         "first_chunk": {"chat-stream": {t: {"count": 5, "p50_ms": 1.0, "p99_ms": 2.0} for t in targets}},
@@ -527,6 +551,90 @@ def test_the_report_puts_the_peer_beside_the_daemon() -> None:
     assert "differs: wrong values" in text
     assert "A `--quick` smoke run" in text
     assert "the daemons imported `/repo/ollama_proxy`" in text
+
+
+def _targets_rows(text: str) -> list[list[str]]:
+    section = text.split("### Against the issue's targets\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = section.splitlines()
+    assert lines[1].startswith("|---")
+    return [line.strip("| ").split(" | ") for line in lines[2:]]
+
+
+def test_the_targets_table_has_the_issues_rows_judged_against_the_same_run() -> None:
+    rows = _targets_rows(report.render(_results(with_peer=True, cpu=CPU)))
+    assert [row[0] for row in rows] == [
+        "`/api/chat` 53-event stream, CPU per stream",
+        "`/api/generate` stream, `/v1/messages` stream, `/v1/responses` stream, CPU per stream",
+        "`/v1/chat/completions` stream, CPU per stream",
+        "`/api/chat` not streamed, CPU per request",
+        "`/api/embed`, one input of 384 dimensions, CPU per request",
+        "`/api/tags`, CPU per request",
+        "first body byte of a stream at c=1, p50 (`/api/chat` stream)",
+        "realistic streams: CPU cores per 1,000 relayed events/s (latency per event p50 / p99)",
+        "RSS idle / peak under the whole benchmark",
+    ]
+    chat_stream, others, v1_stream, chat, embed, tags, first, paced_row, rss = rows
+    assert chat_stream == [
+        chat_stream[0],
+        "1.617 ms",
+        "≤ 0.75 ms and below the Go peer's",
+        "0.700 ms",
+        "0.800 ms",
+        "met",
+    ]
+    assert others[2] == f"each ≤ 1.2{report.TIMES} the `/api/chat` stream (≤ 0.840 ms in this run)"
+    assert others[3] == (
+        f"`/api/generate` 0.770 ms (1.10{report.TIMES}); `/v1/messages` 0.910 ms (1.30{report.TIMES}); "
+        f"`/v1/responses` 0.830 ms (1.19{report.TIMES})"
+    )
+    assert others[4] == (
+        f"`/api/generate` 0.200 ms (0.25{report.TIMES}); `/v1/messages` 0.200 ms (0.25{report.TIMES}); "
+        "`/v1/responses` not served"
+    )
+    assert others[5] == "`/api/generate`: met; `/v1/messages`: **missed**; `/v1/responses`: met"
+    assert v1_stream[1:] == ["0.796 ms", "≤ 0.6 ms", "0.500 ms", "0.200 ms", "met"]
+    assert chat[1:] == ["0.516 ms", "≤ 0.35 ms", "0.300 ms (1,000 req/s)", "0.200 ms (1,000 req/s)", "met"]
+    assert embed[1:3] == ["0.991 ms", "≤ 0.40 ms"]
+    assert embed[5] == "**missed**"
+    assert tags[1:3] == ["0.155 ms", "≤ 0.10 ms"]
+    assert tags[5] == "met"
+    assert first[1:3] == ["2.00 ms", "≤ 0.4 ms (backend alone 0.09 ms)"]
+    assert first[3] == "1.000 ms (backend alone 1.000 ms)"
+    assert first[5] == "**missed**"
+    assert paced_row[2] == "below the Go peer's"
+    assert paced_row[5] == "**missed**"  # 0.08 cores per 1,000 events/s against the peer's 0.05
+    assert rss[1:4] == ["54.8 / 59.2 MB", "≤ 35 / ≤ 60 MB", "55.0 / 60.0 MB; 58.0 MB after"]
+    assert rss[5] == "idle: **missed**; peak: met"
+
+
+def test_the_other_streams_are_held_against_the_chat_stream_of_their_own_run() -> None:
+    slower = {**CPU, ("chat-stream", "daemon"): 0.9, ("chat-stream", "peer"): 0.6}
+    chat_stream, others, *_ = _targets_rows(report.render(_results(with_peer=True, cpu=slower)))
+    assert others[2].endswith("(≤ 1.080 ms in this run)")
+    assert others[5] == "met"
+    assert chat_stream[5] == "**missed**"  # both parts
+
+
+def test_the_targets_table_without_the_peer_says_what_it_cannot_judge() -> None:
+    rows = _targets_rows(report.render(_results(with_peer=False, cpu=CPU)))
+    assert len(rows) == 9
+    assert all(len(row) == 5 for row in rows)
+    assert rows[0][3:] == ["0.700 ms", "≤ 0.75 ms: met; below the peer: no peer to compare"]
+    assert rows[1][4] == "`/api/generate`: met; `/v1/messages`: **missed**; `/v1/responses`: met"
+    assert rows[7][4] == "no peer to compare"
+    no_paced = _results(with_peer=False)
+    del no_paced["paced"]
+    paced_row = _targets_rows(report.render(no_paced))[7]
+    assert paced_row[3:] == ["not run (`--paced 0`)", "not measured"]
+
+
+def test_the_report_says_what_the_daemon_asks_the_backend_for() -> None:
+    text = report.render(_results(with_peer=False))
+    assert "without `stream` reach the backend as a stream" in text
+    assert "translated onto the backend's `/v1/chat/completions`" in text
+    whole = _results(with_peer=False)
+    whole["config"]["daemon_args"] = ["--dialect=llamacpp"]
+    assert "ask the backend for one JSON reply" in report.render(whole)
 
 
 def test_the_peers_log_lines_count_once_per_message() -> None:
