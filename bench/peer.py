@@ -30,10 +30,20 @@ MIRROR_GLOB = "K0IN+openai-ollama-proxy*"
 GIT_ENV = "BENCH_PEER_GIT"
 BUILD_ENV = "BENCH_PEER_BUILD"
 BUILD_SCRIPT = REPO.parent / "shared" / "peers" / "k0in-build.sh"
-# The benchmark scenarios whose endpoints the peer serves (its internal/handlers/server.go): all of them.
-# It also serves /v1/messages (Anthropic), which the benchmark has no scenario for, and not /v1/responses.
+# The benchmark scenarios whose endpoints the peer serves (its internal/handlers/server.go): all but
+# /v1/responses, to which it answers 404.
 SERVES = frozenset(
-    {"chat", "chat-stream", "generate", "generate-stream", "embed", "tags", "v1-chat", "v1-chat-stream"}
+    {
+        "chat",
+        "chat-stream",
+        "generate",
+        "generate-stream",
+        "embed",
+        "tags",
+        "v1-chat",
+        "v1-chat-stream",
+        "messages-stream",
+    }
 )
 BUILD_TIMEOUT = 900
 GO_LOG_PREFIX = re.compile(r"^(\d{4}/\d\d/\d\d )?\d\d:\d\d:\d\d(\.\d+)? ")

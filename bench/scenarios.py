@@ -1,5 +1,6 @@
-"""The benchmark's scenarios: each an Ollama (or ``/v1``) request to the daemon, the equivalent OpenAI request
-sent straight to the backend, and the checks that a reply is well formed (a fast error is not a result)."""
+"""The benchmark's scenarios: each an Ollama (or ``/v1``: OpenAI chat, Anthropic Messages, OpenAI Responses)
+request to the daemon, the equivalent OpenAI request sent straight to the backend, and the checks that a
+reply is well formed (a fast error is not a result)."""
 
 from __future__ import annotations
 
@@ -10,12 +11,17 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from pydantic import BaseModel, ValidationError
+
 from bench import canned
 from bench.canned import EMBED_MODEL, MODEL, TEXT
 
 PROMPT = "Say hello to the benchmark."
 MESSAGES = [{"role": "user", "content": PROMPT}]
 STREAM_OPTIONS = {"stream": True, "stream_options": {"include_usage": True}}
+# What the anthropic SDK sends besides its key (the daemon has no client keys here) and its own telemetry.
+ANTHROPIC_HEADERS = (("anthropic-version", "2023-06-01"),)
+ANTHROPIC_MAX_TOKENS = 256
 
 
 class CheckFailed(Exception):
@@ -34,9 +40,15 @@ class Request:
     method: str
     path: str
     body: dict[str, Any] | None = None
+    # Sent besides Content-Type (which every request with a body gets), as a client of this API sends them.
+    extra_headers: tuple[tuple[str, str], ...] = ()
 
     def body_bytes(self) -> bytes | None:
         return None if self.body is None else json.dumps(self.body, separators=(",", ":")).encode()
+
+    def headers(self) -> dict[str, str]:
+        content = {"Content-Type": "application/json"} if self.body is not None else {}
+        return {**content, **dict(self.extra_headers)}
 
 
 Check = Callable[[Reply], None]
@@ -56,8 +68,7 @@ class Scenario:
 def fetch(port: int, request: Request, timeout: float = 30.0) -> Reply:
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=timeout)
     try:
-        headers = {"Content-Type": "application/json"} if request.body is not None else {}
-        conn.request(request.method, request.path, body=request.body_bytes(), headers=headers)
+        conn.request(request.method, request.path, body=request.body_bytes(), headers=request.headers())
         response = conn.getresponse()
         body = response.read()
         return Reply(response.status, {k.lower(): v for k, v in response.getheaders()}, body)
@@ -159,13 +170,20 @@ def openai_completion(reply: Reply) -> None:
     _expect(completion.usage is not None and completion.usage.completion_tokens == 50, "usage")
 
 
-def sse_events(body: bytes) -> list[str]:
+def named_sse_events(body: bytes) -> list[tuple[str | None, str]]:
+    """Each SSE event's name (its ``event:`` line, None without one) and data."""
     events = []
     for block in body.replace(b"\r\n", b"\n").split(b"\n\n"):
-        data = [line[5:].strip() for line in block.split(b"\n") if line.startswith(b"data:")]
+        lines = block.split(b"\n")
+        data = [line[5:].strip() for line in lines if line.startswith(b"data:")]
+        names = [line[6:].strip().decode() for line in lines if line.startswith(b"event:")]
         if data:
-            events.append(b"\n".join(data).decode())
+            events.append((names[-1] if names else None, b"\n".join(data).decode()))
     return events
+
+
+def sse_events(body: bytes) -> list[str]:
+    return [data for _, data in named_sse_events(body)]
 
 
 def openai_stream(reply: Reply) -> None:
@@ -178,6 +196,106 @@ def openai_stream(reply: Reply) -> None:
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     _expect(text == TEXT, f"streamed text {text[:60]!r}")
     _expect(any(c.usage is not None and c.usage.completion_tokens == 50 for c in chunks), "no usage chunk")
+
+
+def _typed_events(reply: Reply) -> list[dict[str, Any]]:
+    """The events of an Anthropic or Responses stream: each named by an ``event:`` line that its data's
+    ``type`` repeats, as both APIs send them."""
+    _ok(reply, "text/event-stream")
+    events = []
+    for name, data in named_sse_events(reply.body):
+        obj = _json(data.encode())
+        _expect(isinstance(obj, dict), f"an event's data is not an object: {data[:80]!r}")
+        _expect(name is not None, f"an event without an event: line: {data[:80]!r}")
+        _expect(obj.get("type") == name, f"event {name!r} carries type {obj.get('type')!r}")
+        events.append(obj)
+    _expect(bool(events), "no events")
+    return events
+
+
+def _anthropic_text(events: list[dict[str, Any]]) -> str:
+    deltas = (e.get("delta") or {} for e in events if e.get("type") == "content_block_delta")
+    return "".join(str(d.get("text", "")) for d in deltas if d.get("type") == "text_delta")
+
+
+def _responses_text(events: list[dict[str, Any]]) -> str:
+    return "".join(str(e.get("delta", "")) for e in events if e.get("type") == "response.output_text.delta")
+
+
+def _validate(events: list[dict[str, Any]], models: dict[str, type[BaseModel]]) -> None:
+    """Each event against the SDK's own model of its type; a type a plain text reply has no use for fails."""
+    for event in events:
+        model = models.get(event["type"])
+        if model is None:
+            raise CheckFailed(f"unexpected event {event['type']!r}")
+        try:
+            model.model_validate(event)
+        except ValidationError as exc:
+            found = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:3])
+            raise CheckFailed(f"{event['type']}: {exc.error_count()} errors: {found}") from None
+
+
+def anthropic_stream(reply: Reply) -> None:
+    from anthropic import types
+
+    events = _typed_events(reply)
+    # ping is sent as Anthropic's own API sends it, and has no model in the SDK, which skips it.
+    _validate(
+        [e for e in events if e["type"] != "ping"],
+        {
+            "message_start": types.RawMessageStartEvent,
+            "content_block_start": types.RawContentBlockStartEvent,
+            "content_block_delta": types.RawContentBlockDeltaEvent,
+            "content_block_stop": types.RawContentBlockStopEvent,
+            "message_delta": types.RawMessageDeltaEvent,
+            "message_stop": types.RawMessageStopEvent,
+        },
+    )
+    kinds = [e["type"] for e in events]
+    _expect(kinds[0] == "message_start", f"the first event is {kinds[0]}")
+    _expect(kinds[-1] == "message_stop", f"the last event is {kinds[-1]}")
+    model = (events[0].get("message") or {}).get("model")
+    _expect(model == MODEL, f"model {model!r}")
+    text = _anthropic_text(events)
+    _expect(text == TEXT, f"streamed text {text[:60]!r}")
+    deltas = [e for e in events if e["type"] == "message_delta"]
+    _expect(len(deltas) == 1, f"{len(deltas)} message_delta events")
+    delta = deltas[0]
+    stop = (delta.get("delta") or {}).get("stop_reason")
+    _expect(stop == "end_turn", f"stop_reason {stop!r}")
+    usage = delta.get("usage") or {}
+    _expect(usage.get("output_tokens") == canned.COMPLETION_TOKENS, f"usage {usage}")
+
+
+def responses_stream(reply: Reply) -> None:
+    from openai.types import responses
+
+    events = _typed_events(reply)
+    _validate(
+        events,
+        {
+            "response.created": responses.ResponseCreatedEvent,
+            "response.in_progress": responses.ResponseInProgressEvent,
+            "response.output_item.added": responses.ResponseOutputItemAddedEvent,
+            "response.content_part.added": responses.ResponseContentPartAddedEvent,
+            "response.output_text.delta": responses.ResponseTextDeltaEvent,
+            "response.output_text.done": responses.ResponseTextDoneEvent,
+            "response.content_part.done": responses.ResponseContentPartDoneEvent,
+            "response.output_item.done": responses.ResponseOutputItemDoneEvent,
+            "response.completed": responses.ResponseCompletedEvent,
+        },
+    )
+    kinds = [e["type"] for e in events]
+    _expect(kinds[0] == "response.created", f"the first event is {kinds[0]}")
+    _expect(kinds[-1] == "response.completed", f"the last event is {kinds[-1]}")
+    text = _responses_text(events)
+    _expect(text == TEXT, f"streamed text {text[:60]!r}")
+    response = events[-1].get("response") or {}
+    _expect(response.get("status") == "completed", f"status {response.get('status')!r}")
+    _expect(response.get("model") == MODEL, f"model {response.get('model')!r}")
+    usage = response.get("usage") or {}
+    counts = (usage.get("input_tokens"), usage.get("output_tokens"))
+    _expect(counts == (canned.PROMPT_TOKENS, canned.COMPLETION_TOKENS), f"usage {usage}")
 
 
 def openai_embeddings(reply: Reply) -> None:
@@ -230,6 +348,11 @@ def essential(key: str) -> Check:
             text = "".join(
                 (c["choices"][0].get("delta") or {}).get("content") or "" for c in chunks if c.get("choices")
             )
+            _expect(text == TEXT, f"streamed text {text[:60]!r}")
+        elif key in ("messages-stream", "responses-stream"):
+            parsed = [_json(data.encode()) for data in sse_events(reply.body)]
+            objects = [e for e in parsed if isinstance(e, dict)]
+            text = _anthropic_text(objects) if key == "messages-stream" else _responses_text(objects)
             _expect(text == TEXT, f"streamed text {text[:60]!r}")
         else:
             raise CheckFailed(f"no essential check for {key}")
@@ -319,6 +442,31 @@ def _scenarios() -> list[Scenario]:
             openai_stream,
             openai_stream,
         ),
+        # Claude Code's and Codex's APIs: the daemon translates both onto the backend's chat completions,
+        # so the backend alone answers the same 53-event stream (the njs handler looks only for "stream").
+        Scenario(
+            "messages-stream",
+            "/v1/messages stream",
+            True,
+            Request(
+                "POST",
+                "/v1/messages",
+                {"model": MODEL, "max_tokens": ANTHROPIC_MAX_TOKENS, "messages": MESSAGES, "stream": True},
+                ANTHROPIC_HEADERS,
+            ),
+            Request("POST", chat, _chat_body(True)),
+            anthropic_stream,
+            openai_stream,
+        ),
+        Scenario(
+            "responses-stream",
+            "/v1/responses stream",
+            True,
+            Request("POST", "/v1/responses", {"model": MODEL, "input": PROMPT, "stream": True}),
+            Request("POST", chat, _chat_body(True)),
+            responses_stream,
+            openai_stream,
+        ),
     ]
 
 
@@ -330,14 +478,17 @@ BY_KEY = {s.key: s for s in SCENARIOS}
 
 
 def sdk_checks(backend_port: int, daemon_port: int) -> dict[str, list[str]]:
-    """Each scenario's failures when driven by the ``openai`` SDK (direct: the canned replies must parse) and
-    the ``ollama`` SDK (through the daemon).  An empty list means every check passed."""
+    """Each scenario's failures when driven by the ``openai`` SDK (direct: the canned replies must parse), and
+    through the daemon by the ``ollama``, ``openai`` and ``anthropic`` SDKs.  An empty list means every check
+    passed."""
+    import anthropic
     import ollama
     import openai
 
     direct = openai.OpenAI(base_url=f"http://127.0.0.1:{backend_port}/v1", api_key="bench", max_retries=0)
     proxied = openai.OpenAI(base_url=f"http://127.0.0.1:{daemon_port}/v1", api_key="bench", max_retries=0)
     client = ollama.Client(host=f"http://127.0.0.1:{daemon_port}", timeout=30)
+    claude = anthropic.Anthropic(base_url=f"http://127.0.0.1:{daemon_port}", api_key="bench", max_retries=0)
     failures: dict[str, list[str]] = {s.key: [] for s in SCENARIOS}
 
     def attempt(key: str, what: str, fn: Callable[[], bool]) -> None:
@@ -367,7 +518,7 @@ def sdk_checks(backend_port: int, daemon_port: int) -> dict[str, list[str]]:
 
     for key in ("chat", "generate", "v1-chat"):
         attempt(key, "openai SDK direct", lambda: openai_text(direct))
-    for key in ("chat-stream", "generate-stream", "v1-chat-stream"):
+    for key in ("chat-stream", "generate-stream", "v1-chat-stream", "messages-stream", "responses-stream"):
         attempt(key, "openai SDK direct stream", lambda: openai_stream_text(direct))
     attempt(
         "embed",
@@ -402,4 +553,20 @@ def sdk_checks(backend_port: int, daemon_port: int) -> dict[str, list[str]]:
     )
     attempt("v1-chat", "openai SDK via daemon", lambda: openai_text(proxied))
     attempt("v1-chat-stream", "openai SDK via daemon", lambda: openai_stream_text(proxied))
+
+    def anthropic_stream_text() -> bool:
+        with claude.messages.stream(
+            model=MODEL, max_tokens=ANTHROPIC_MAX_TOKENS, messages=[{"role": "user", "content": PROMPT}]
+        ) as stream:
+            message = stream.get_final_message()
+        blocks = [block.text for block in message.content if block.type == "text"]
+        return blocks == [TEXT] and message.stop_reason == "end_turn" and message.usage.output_tokens == 50
+
+    def responses_stream_text() -> bool:
+        with proxied.responses.stream(model=MODEL, input=PROMPT) as stream:
+            response = stream.get_final_response()
+        return response.output_text == TEXT and response.usage is not None and response.status == "completed"
+
+    attempt("messages-stream", "anthropic SDK", anthropic_stream_text)
+    attempt("responses-stream", "openai SDK via daemon", responses_stream_text)
     return failures

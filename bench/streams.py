@@ -36,7 +36,7 @@ def first_chunk_latency(port: int, request: Request, count: int, *, whole: bool 
     the first byte, for backends whose streams last long.
     """
     body = request.body_bytes()
-    headers = {"Content-Type": "application/json"}
+    headers = request.headers()
     first: list[float] = []
     total: list[float] = []
     errors: list[str] = []

@@ -78,7 +78,8 @@ def lua_script(request: Request, *, tally_statuses: bool = False) -> str:
         if "]==]" in text:
             raise ValueError("body contains the Lua long-bracket terminator")
         lines.append(f"wrk.body = [==[{text}]==]")
-        lines.append('wrk.headers["Content-Type"] = "application/json"')
+    for name, value in request.headers().items():
+        lines.append(f"wrk.headers[{json.dumps(name)}] = {json.dumps(value)}")
     return "\n".join(lines) + "\n" + (LUA_STATUSES if tally_statuses else "") + LUA_DONE
 
 

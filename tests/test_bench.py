@@ -5,6 +5,7 @@ this needs the peer, Go, nginx or wrk: ``make bench`` runs those."""
 from __future__ import annotations
 
 import itertools
+import json
 import os
 import shutil
 import socket
@@ -20,7 +21,8 @@ from hypothesis import strategies as st
 
 from bench import canned, paced, peer, report
 from bench.paced_client import build_c_client, run_client
-from bench.scenarios import SCENARIOS, CheckFailed, Reply, essential
+from bench.scenarios import BY_KEY, SCENARIOS, CheckFailed, Reply, essential
+from bench.wrk import write_script
 
 # -- the paced scenario ------------------------------------------------------------------------------------
 
@@ -275,8 +277,9 @@ def test_the_peer_config_serves_the_bench_models_under_their_own_names() -> None
     assert "${" not in text  # no environment expansion left to the peer
 
 
-def test_the_peer_serves_every_scenario_and_each_has_an_essential_check() -> None:
+def test_the_peer_serves_all_but_responses_and_each_scenario_has_an_essential_check() -> None:
     keys = {s.key for s in SCENARIOS}
+    assert keys - peer.SERVES == {"responses-stream"}
     assert keys >= peer.SERVES
     for key in keys:
         with pytest.raises(CheckFailed):
@@ -289,10 +292,160 @@ def test_the_peer_serves_every_scenario_and_each_has_an_essential_check() -> Non
     essential("chat")(good)
 
 
+# -- the scenarios' checks ---------------------------------------------------------------------------------
+
+
+def _sse(events: list[dict[str, Any]], *, named: bool = True) -> bytes:
+    return b"".join(
+        (f"event: {e['type']}\n" if named else "").encode() + b"data: " + json.dumps(e).encode() + b"\n\n"
+        for e in events
+    )
+
+
+def _anthropic_events() -> list[dict[str, Any]]:
+    usage = {"input_tokens": canned.PROMPT_TOKENS, "output_tokens": 0}
+    message: dict[str, Any] = {
+        "id": "msg_1",
+        "type": "message",
+        "role": "assistant",
+        "model": canned.MODEL,
+        "content": [],
+    }
+    message.update(stop_reason=None, stop_sequence=None, usage=usage)
+    text = [
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": token}}
+        for token in canned.CONTENT_TOKENS
+    ]
+    return [
+        {"type": "message_start", "message": message},
+        {"type": "ping"},
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        *text,
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn", "stop_sequence": None},
+            "usage": {"output_tokens": canned.COMPLETION_TOKENS},
+        },
+        {"type": "message_stop"},
+    ]
+
+
+def _responses_events() -> list[dict[str, Any]]:
+    def response(status: str, output: list[Any], usage: Any = None) -> dict[str, Any]:
+        return {
+            "id": "resp_1",
+            "object": "response",
+            "created_at": 1,
+            "model": canned.MODEL,
+            "status": status,
+            "output": output,
+            "parallel_tool_calls": True,
+            "tool_choice": "auto",
+            "tools": [],
+            "usage": usage,
+        }
+
+    part = {"type": "output_text", "text": "", "annotations": []}
+    item = {"id": "msg_1", "type": "message", "role": "assistant", "status": "in_progress", "content": []}
+    done_part = {**part, "text": canned.TEXT}
+    done_item = {**item, "status": "completed", "content": [done_part]}
+    usage = {
+        "input_tokens": canned.PROMPT_TOKENS,
+        "output_tokens": canned.COMPLETION_TOKENS,
+        "total_tokens": canned.PROMPT_TOKENS + canned.COMPLETION_TOKENS,
+        "input_tokens_details": {"cached_tokens": 0, "cache_write_tokens": 0},
+        "output_tokens_details": {"reasoning_tokens": 0},
+    }
+    where = {"item_id": "msg_1", "output_index": 0, "content_index": 0}
+    events: list[dict[str, Any]] = [
+        {"type": "response.created", "response": response("in_progress", [])},
+        {"type": "response.in_progress", "response": response("in_progress", [])},
+        {"type": "response.output_item.added", "output_index": 0, "item": item},
+        {"type": "response.content_part.added", **where, "part": part},
+        *(
+            {"type": "response.output_text.delta", **where, "delta": token, "logprobs": []}
+            for token in canned.CONTENT_TOKENS
+        ),
+        {"type": "response.output_text.done", **where, "text": canned.TEXT, "logprobs": []},
+        {"type": "response.content_part.done", **where, "part": done_part},
+        {"type": "response.output_item.done", "output_index": 0, "item": done_item},
+        {"type": "response.completed", "response": response("completed", [done_item], usage)},
+    ]
+    return [{**event, "sequence_number": n} for n, event in enumerate(events)]
+
+
+SSE = {"content-type": "text/event-stream; charset=utf-8"}
+
+
+def test_the_anthropic_stream_check_reads_every_named_event() -> None:
+    events = _anthropic_events()
+    BY_KEY["messages-stream"].check(Reply(200, SSE, _sse(events)))
+    essential("messages-stream")(Reply(200, SSE, _sse(events, named=False)))
+    broken = {
+        "event without": _sse(events, named=False),
+        "the last event is message_delta": _sse(events[:-1]),
+        "streamed text": _sse([e for e in events if e.get("delta", {}).get("text") != " word7"]),
+        "stop_reason": _sse(
+            [
+                {**e, "delta": {"stop_reason": "max_tokens"}} if e["type"] == "message_delta" else e
+                for e in events
+            ]
+        ),
+        "message_start: ": _sse([{"type": "message_start", "message": {"model": canned.MODEL}}, *events[1:]]),
+    }
+    for problem, body in broken.items():
+        with pytest.raises(CheckFailed, match=problem):
+            BY_KEY["messages-stream"].check(Reply(200, SSE, body))
+    with pytest.raises(CheckFailed, match="streamed text"):
+        essential("messages-stream")(Reply(200, SSE, _sse(events[:5])))
+
+
+def test_the_responses_stream_check_wants_created_first_and_completed_with_usage_last() -> None:
+    events = _responses_events()
+    BY_KEY["responses-stream"].check(Reply(200, SSE, _sse(events)))
+    essential("responses-stream")(Reply(200, SSE, _sse(events)))
+    without_usage = {**events[-1], "response": {**events[-1]["response"], "usage": None}}
+    broken = {
+        "the first event is response.in_progress": _sse(events[1:]),
+        "the last event is response.output_item.done": _sse(events[:-1]),
+        "usage": _sse([*events[:-1], without_usage]),
+        "streamed text": _sse([e for e in events if e.get("delta") != "Hello"]),
+        "unexpected event 'response.failed'": _sse([*events, {**events[-1], "type": "response.failed"}]),
+        "event without": _sse(events, named=False),
+    }
+    for problem, body in broken.items():
+        with pytest.raises(CheckFailed, match=problem):
+            BY_KEY["responses-stream"].check(Reply(200, SSE, body))
+
+
+def test_the_anthropic_scenario_sends_the_sdks_version_header(tmp_path: Path) -> None:
+    request = BY_KEY["messages-stream"].daemon
+    assert request.headers() == {"Content-Type": "application/json", "anthropic-version": "2023-06-01"}
+    assert request.body is not None
+    assert request.body["max_tokens"] == 256
+    script = write_script(tmp_path, "m", request).read_text()
+    assert 'wrk.headers["anthropic-version"] = "2023-06-01"' in script
+    assert 'wrk.headers["Content-Type"] = "application/json"' in script
+    assert "wrk.headers" not in write_script(tmp_path, "t", BY_KEY["tags"].daemon).read_text()
+
+
 # -- the report --------------------------------------------------------------------------------------------
 
+# CPU ms per request at c=10 that the targets table's tests set apart from the rest's 0.5 (daemon) and
+# 0.2 (peer): /api/chat's stream at 0.7 sets the others' limit at 0.84.
+CPU = {
+    ("chat-stream", "daemon"): 0.7,
+    ("chat-stream", "peer"): 0.8,
+    ("generate-stream", "daemon"): 0.77,
+    ("messages-stream", "daemon"): 0.91,
+    ("responses-stream", "daemon"): 0.83,
+    ("chat", "daemon"): 0.3,
+    ("tags", "daemon"): 0.08,
+}
 
-def _results(*, with_peer: bool) -> dict[str, Any]:
+
+def _results(*, with_peer: bool, cpu: dict[tuple[str, str], float] | None = None) -> dict[str, Any]:
     def cell(target: str, key: str, c: int) -> dict[str, Any]:
         return {
             "scenario": key,
@@ -302,14 +455,20 @@ def _results(*, with_peer: bool) -> dict[str, Any]:
             "rps": 1000.0 if target != "direct" else 30000.0,
             "p50_ms": 1.0,
             "p99_ms": 2.0,
-            "cpu_ms_per_req": 0.5 if target == "daemon" else 0.2,
+            "cpu_ms_per_req": (cpu or {}).get((key, target), 0.5 if target == "daemon" else 0.2),
             "added_p50_ms": 0.9,
             "added_p99_ms": 1.8,
             "other_cpus": 0.0,
         }
 
     targets = ["direct", "daemon", *(["peer"] if with_peer else [])]
-    cells = [cell(t, s.key, c) for s in SCENARIOS for c in (1, 10) for t in targets]
+    cells = [
+        cell(t, s.key, c)
+        for s in SCENARIOS
+        for c in (1, 10)
+        for t in targets
+        if t != "peer" or s.key in peer.SERVES
+    ]
     run = {
         "streams": 100,
         "rate": 50.0,
@@ -365,7 +524,13 @@ def _results(*, with_peer: bool) -> dict[str, Any]:
         },
         "cells": cells,
         "scenarios": [
-            {"key": s.key, "label": s.label, "stream": s.stream, "check_failures": [], "peer_serves": True}
+            {
+                "key": s.key,
+                "label": s.label,
+                "stream": s.stream,
+                "check_failures": [],
+                "peer_serves": s.key in peer.SERVES,
+            }
             for s in SCENARIOS
         ],
         "first_chunk": {"chat-stream": {t: {"count": 5, "p50_ms": 1.0, "p99_ms": 2.0} for t in targets}},
@@ -386,6 +551,90 @@ def test_the_report_puts_the_peer_beside_the_daemon() -> None:
     assert "differs: wrong values" in text
     assert "A `--quick` smoke run" in text
     assert "the daemons imported `/repo/ollama_proxy`" in text
+
+
+def _targets_rows(text: str) -> list[list[str]]:
+    section = text.split("### Against the issue's targets\n\n", 1)[1].split("\n\n", 1)[0]
+    lines = section.splitlines()
+    assert lines[1].startswith("|---")
+    return [line.strip("| ").split(" | ") for line in lines[2:]]
+
+
+def test_the_targets_table_has_the_issues_rows_judged_against_the_same_run() -> None:
+    rows = _targets_rows(report.render(_results(with_peer=True, cpu=CPU)))
+    assert [row[0] for row in rows] == [
+        "`/api/chat` 53-event stream, CPU per stream",
+        "`/api/generate` stream, `/v1/messages` stream, `/v1/responses` stream, CPU per stream",
+        "`/v1/chat/completions` stream, CPU per stream",
+        "`/api/chat` not streamed, CPU per request",
+        "`/api/embed`, one input of 384 dimensions, CPU per request",
+        "`/api/tags`, CPU per request",
+        "first body byte of a stream at c=1, p50 (`/api/chat` stream)",
+        "realistic streams: CPU cores per 1,000 relayed events/s (latency per event p50 / p99)",
+        "RSS idle / peak under the whole benchmark",
+    ]
+    chat_stream, others, v1_stream, chat, embed, tags, first, paced_row, rss = rows
+    assert chat_stream == [
+        chat_stream[0],
+        "1.617 ms",
+        "≤ 0.75 ms and below the Go peer's",
+        "0.700 ms",
+        "0.800 ms",
+        "met",
+    ]
+    assert others[2] == f"each ≤ 1.2{report.TIMES} the `/api/chat` stream (≤ 0.840 ms in this run)"
+    assert others[3] == (
+        f"`/api/generate` 0.770 ms (1.10{report.TIMES}); `/v1/messages` 0.910 ms (1.30{report.TIMES}); "
+        f"`/v1/responses` 0.830 ms (1.19{report.TIMES})"
+    )
+    assert others[4] == (
+        f"`/api/generate` 0.200 ms (0.25{report.TIMES}); `/v1/messages` 0.200 ms (0.25{report.TIMES}); "
+        "`/v1/responses` not served"
+    )
+    assert others[5] == "`/api/generate`: met; `/v1/messages`: **missed**; `/v1/responses`: met"
+    assert v1_stream[1:] == ["0.796 ms", "≤ 0.6 ms", "0.500 ms", "0.200 ms", "met"]
+    assert chat[1:] == ["0.516 ms", "≤ 0.35 ms", "0.300 ms (1,000 req/s)", "0.200 ms (1,000 req/s)", "met"]
+    assert embed[1:3] == ["0.991 ms", "≤ 0.40 ms"]
+    assert embed[5] == "**missed**"
+    assert tags[1:3] == ["0.155 ms", "≤ 0.10 ms"]
+    assert tags[5] == "met"
+    assert first[1:3] == ["2.00 ms", "≤ 0.4 ms (backend alone 0.09 ms)"]
+    assert first[3] == "1.000 ms (backend alone 1.000 ms)"
+    assert first[5] == "**missed**"
+    assert paced_row[2] == "below the Go peer's"
+    assert paced_row[5] == "**missed**"  # 0.08 cores per 1,000 events/s against the peer's 0.05
+    assert rss[1:4] == ["54.8 / 59.2 MB", "≤ 35 / ≤ 60 MB", "55.0 / 60.0 MB; 58.0 MB after"]
+    assert rss[5] == "idle: **missed**; peak: met"
+
+
+def test_the_other_streams_are_held_against_the_chat_stream_of_their_own_run() -> None:
+    slower = {**CPU, ("chat-stream", "daemon"): 0.9, ("chat-stream", "peer"): 0.6}
+    chat_stream, others, *_ = _targets_rows(report.render(_results(with_peer=True, cpu=slower)))
+    assert others[2].endswith("(≤ 1.080 ms in this run)")
+    assert others[5] == "met"
+    assert chat_stream[5] == "**missed**"  # both parts
+
+
+def test_the_targets_table_without_the_peer_says_what_it_cannot_judge() -> None:
+    rows = _targets_rows(report.render(_results(with_peer=False, cpu=CPU)))
+    assert len(rows) == 9
+    assert all(len(row) == 5 for row in rows)
+    assert rows[0][3:] == ["0.700 ms", "≤ 0.75 ms: met; below the peer: no peer to compare"]
+    assert rows[1][4] == "`/api/generate`: met; `/v1/messages`: **missed**; `/v1/responses`: met"
+    assert rows[7][4] == "no peer to compare"
+    no_paced = _results(with_peer=False)
+    del no_paced["paced"]
+    paced_row = _targets_rows(report.render(no_paced))[7]
+    assert paced_row[3:] == ["not run (`--paced 0`)", "not measured"]
+
+
+def test_the_report_says_what_the_daemon_asks_the_backend_for() -> None:
+    text = report.render(_results(with_peer=False))
+    assert "without `stream` reach the backend as a stream" in text
+    assert "translated onto the backend's `/v1/chat/completions`" in text
+    whole = _results(with_peer=False)
+    whole["config"]["daemon_args"] = ["--dialect=llamacpp"]
+    assert "ask the backend for one JSON reply" in report.render(whole)
 
 
 def test_the_peers_log_lines_count_once_per_message() -> None:
