@@ -16,8 +16,10 @@ from hyperlink import EncodedURL
 from treq.client import HTTPClient
 from treq.cookies import IndexableCookieJar
 from twisted.internet import error as net_error
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import CancelledError, Deferred, succeed
-from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime
+from twisted.internet.endpoints import HostnameEndpoint, TCP4ClientEndpoint, TCP6ClientEndpoint, wrapClientTLS
+from twisted.internet.interfaces import IConsumer, IDelayedCall, IReactorTime, IStreamClientEndpoint
 from twisted.internet.protocol import Protocol as TwistedProtocol
 from twisted.internet.protocol import connectionDone
 from twisted.internet.task import deferLater
@@ -33,7 +35,7 @@ from twisted.web.client import (
 )
 from twisted.web.http import PotentialDataLoss
 from twisted.web.http_headers import Headers
-from twisted.web.iweb import IAgent, IBodyProducer, IResponse
+from twisted.web.iweb import IAgent, IAgentEndpointFactory, IBodyProducer, IResponse
 from zope.interface import implementer
 
 from ollama_proxy.errors import BackendError, BackendRejected, BackendTimeout, BackendUnreachable
@@ -229,6 +231,40 @@ class NoCookies(IndexableCookieJar):
         """None is kept."""
 
 
+@implementer(IAgentEndpointFactory)
+class BackendEndpoints:
+    """How the agent reaches a backend: an address given as an IP literal (``127.0.0.1``, ``[::1]``, the
+    usual way to name a local vLLM or llama.cpp) is connected to directly.
+
+    Twisted's own factory resolves every host, IP literals included, with ``getaddrinfo`` on the
+    reactor's thread pool: a thread hop on each new backend connection, and llama.cpp's server closes
+    every connection that carried a stream, so a new one is needed per streamed request.  Host names
+    are still resolved that way; ``https://`` connections are wrapped in TLS as Twisted's own agent does.
+    """
+
+    def __init__(self, reactor: Any, connect_timeout: float) -> None:
+        self._reactor = reactor
+        self._timeout = connect_timeout
+        self._tls: Any = None  # Twisted's browser-like TLS policy, made at the first https:// connection
+
+    def endpointForURI(self, uri: Any) -> IStreamClientEndpoint:  # noqa: N802 -- Twisted's name
+        host = uri.host.decode("ascii")
+        endpoint: IStreamClientEndpoint
+        if isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        elif isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, uri.port, timeout=self._timeout)
+        else:
+            endpoint = HostnameEndpoint(self._reactor, uri.host, uri.port, timeout=self._timeout)
+        if uri.scheme == b"https":
+            if self._tls is None:
+                from twisted.web.client import BrowserLikePolicyForHTTPS
+
+                self._tls = BrowserLikePolicyForHTTPS()
+            endpoint = wrapClientTLS(self._tls.creatorForNetloc(uri.host, uri.port), endpoint)
+        return endpoint
+
+
 class _QuietClientFactory(_HTTP11ClientFactory):
     """The pool's connection factory without its "Starting factory" / "Stopping factory" info lines: one
     pair per backend connection drowned the one access line per request an operator reads."""
@@ -321,7 +357,9 @@ class BackendClient:
         # Below the usual backend keep-alive (uvicorn: 5 s) so a reused connection is rarely a closed one.
         self.pool.cachedConnectionTimeout = 4
         if agent is None:  # tests hand in an in-memory agent
-            agent = Agent(reactor, pool=self.pool, connectTimeout=connect_timeout)
+            agent = Agent.usingEndpointFactory(
+                reactor, BackendEndpoints(reactor, connect_timeout), pool=self.pool
+            )
         self.http = HTTPClient(agent, cookiejar=NoCookies(), data_to_body_producer=BytesBody)
         self._urls: dict[str, EncodedURL] = {}
 

@@ -561,7 +561,8 @@ class StreamTranslator(StreamState):
         if self._splitter is not None and content:
             tag_thinking, content = self._splitter.feed(content)
             thinking += tag_thinking
-        out.extend(self._text_out(at, content, thinking))
+        if content or thinking:
+            self._text_out(out, at, content, thinking)
         if isinstance(fragments, list):
             for fragment in fragments:
                 if isinstance(fragment, dict):
@@ -612,7 +613,7 @@ class StreamTranslator(StreamState):
         out: list[dict[str, Any]] = []
         if self._splitter is not None:
             thinking, content = self._splitter.flush()
-            out.extend(self._text_out(at, content, thinking))
+            self._text_out(out, at, content, thinking)
         if self._calls:
             calls = [self._calls[k] for k in sorted(self._calls)]
             self._calls = {}
@@ -625,20 +626,27 @@ class StreamTranslator(StreamState):
                 out.append(ollama_reply(self._model, self._kind, at, tool_calls=converted))
         return out
 
-    def _text_out(self, at: Instant, content: str, thinking: str) -> list[dict[str, Any]]:
-        """Content and thinking as the client gets them: a chunk now, or (whole) kept for the end."""
+    def _text_out(self, out: list[dict[str, Any]], at: Instant, content: str, thinking: str) -> None:
+        """Content and thinking as the client gets them: a chunk now (added to ``out``), or (whole) kept
+        for the end."""
         if self._think is Reasoning.DROP:
             thinking = ""
         if not content and not thinking:
-            return []
+            return
         self._content.append(content)
         if self._whole:
             self._thinking.append(thinking)
-            return []
-        chunk = ollama_reply(
-            self._model, self._kind, at, content=content, thinking=thinking, logprobs=self._take_logprobs()
+            return
+        out.append(
+            ollama_reply(
+                self._model,
+                self._kind,
+                at,
+                content=content,
+                thinking=thinking,
+                logprobs=self._take_logprobs(),
+            )
         )
-        return [chunk]
 
     def _take_logprobs(self) -> list[dict[str, Any]] | None:
         """The log probabilities gathered since the last chunk, for the one being built."""

@@ -159,12 +159,13 @@ class EventStreamTransform:
             return b""
         out: list[bytes] = []
         at = self._clock()  # one reading per upstream read: its events arrived together
-        for event in events:
-            if event.data == "[DONE]":
+        translator = self.translator
+        for data, _ in events:
+            if data == "[DONE]":
                 self._saw_done = True
                 continue
             try:
-                payload = parse_event(event.data)
+                payload = parse_event(data)
             except ValueError:
                 self._bad_events += 1
                 if self._bad_events >= MAX_BAD_EVENTS:
@@ -173,9 +174,9 @@ class EventStreamTransform:
                 continue
             self._bad_events = 0
             if isinstance(payload, dict):
-                out.append(self.translator.feed(payload, at))
-            if self.translator.failed:
-                break
+                out.append(translator.feed(payload, at))
+                if translator.failed:
+                    break
         return b"".join(out)
 
     def _break(self, message: str) -> bytes:
