@@ -519,3 +519,52 @@ class MemoryDaemon:
         """One whole request and its reply, letting at most ``within`` simulated seconds pass."""
         sent = self.send(method, path, json_body=json_body, data=data, headers=headers)
         return self.settle(sent, within=within)
+
+
+# -- backend stream events, as test input ------------------------------------------------------------
+
+
+def chat_chunk(
+    delta: dict[str, Any] | None = None,
+    finish_reason: str | None = None,
+    *,
+    logprobs: dict[str, Any] | None = None,
+    usage: dict[str, Any] | None = None,
+    choices: bool = True,
+    standard: bool = True,
+) -> dict[str, Any]:
+    """A ``chat.completion.chunk`` a backend streams, checked against the openai SDK so that test inputs
+    look like real backends (``standard``), or deliberately not."""
+    from openai.types.chat import ChatCompletionChunk
+
+    event: dict[str, Any] = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion.chunk",
+        "created": 1748772000,
+        "model": "backend",
+        "choices": [],
+    }
+    if choices:
+        choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish_reason}
+        if logprobs is not None:
+            choice["logprobs"] = logprobs
+        event["choices"] = [choice]
+    if usage is not None:
+        event["usage"] = usage
+    if standard:
+        # Backends invent finish reasons ("error", "eos"...); the rest must still be OpenAI's shape.
+        fixed = [{**c, "finish_reason": c["finish_reason"] and "stop"} for c in event["choices"]]
+        ChatCompletionChunk.model_validate({**event, "choices": fixed})
+    return event
+
+
+def token_usage(prompt: int, completion: int, cached: int | None = None) -> dict[str, Any]:
+    """OpenAI's ``usage`` object, with the cached prompt tokens where given."""
+    out: dict[str, Any] = {
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt + completion,
+    }
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out

@@ -17,7 +17,7 @@ import pytest
 from anthropic.types import BetaErrorResponse, Message, MessageParam, ToolParam
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from ollama_proxy.errors import BackendError, BadRequest
 from ollama_proxy.sse import SSEDecoder
@@ -36,6 +36,7 @@ from ollama_proxy.translate.anthropic import (
 from ollama_proxy.translate.dialect import Dialect
 from ollama_proxy.translate.replies import Instant
 from ollama_proxy.wire.anthropic import anthropic_status, error_body, error_reply, stream_error_event
+from tests.support import chat_chunk, token_usage
 
 MODEL = "claude-sonnet-4-5"
 MESSAGE_ID = "msg_0123456789abcdef"
@@ -116,39 +117,6 @@ def completion(
     if standard and finish_reason in ("stop", "length", "tool_calls", "content_filter", "function_call"):
         ChatCompletion.model_validate(body)
     return body
-
-
-def chunk(
-    delta: dict[str, Any] | None = None,
-    finish_reason: str | None = None,
-    *,
-    usage: dict[str, Any] | None = None,
-    choices: bool = True,
-    standard: bool = True,
-) -> dict[str, Any]:
-    event: dict[str, Any] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1748772000,
-        "model": "backend",
-        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}] if choices else [],
-    }
-    if usage is not None:
-        event["usage"] = usage
-    if standard:
-        ChatCompletionChunk.model_validate(event)
-    return event
-
-
-def usage(prompt: int, completion_tokens: int, cached: int | None = None) -> dict[str, Any]:
-    out: dict[str, Any] = {
-        "prompt_tokens": prompt,
-        "completion_tokens": completion_tokens,
-        "total_tokens": prompt + completion_tokens,
-    }
-    if cached is not None:
-        out["prompt_tokens_details"] = {"cached_tokens": cached}
-    return out
 
 
 def call(
@@ -993,7 +961,7 @@ def sdk_created(body: dict[str, Any]) -> anthropic.types.Message:
 
 
 def test_text_reply() -> None:
-    assert to_message(completion("Hello!", usage=usage(12, 3))) == {
+    assert to_message(completion("Hello!", usage=token_usage(12, 3))) == {
         "id": MESSAGE_ID,
         "type": "message",
         "role": "assistant",
@@ -1009,7 +977,7 @@ def test_thinking_text_and_tool_calls_read_by_the_sdk() -> None:
     body = completion(
         "I will check.",
         "tool_calls",
-        usage=usage(100, 20, cached=64),
+        usage=token_usage(100, 20, cached=64),
         reasoning_content="The user wants weather.",
         tool_calls=[
             {
@@ -1247,11 +1215,11 @@ def streamed(events: list[dict[str, Any]], **kwargs: Any) -> tuple[list[dict[str
 def test_text_stream() -> None:
     events, stream = streamed(
         [
-            chunk({"role": "assistant", "content": ""}),
-            chunk({"content": "Hel"}),
-            chunk({"content": "lo"}),
-            chunk({}, "stop"),
-            chunk(choices=False, usage=usage(14, 2)),
+            chat_chunk({"role": "assistant", "content": ""}),
+            chat_chunk({"content": "Hel"}),
+            chat_chunk({"content": "lo"}),
+            chat_chunk({}, "stop"),
+            chat_chunk(choices=False, usage=token_usage(14, 2)),
         ]
     )
     assert events == [
@@ -1289,11 +1257,11 @@ def test_text_stream() -> None:
 def test_thinking_then_text_read_by_the_sdk() -> None:
     body, _ = run(
         [
-            chunk({"role": "assistant", "content": None}),
-            chunk({"reasoning_content": "Let me "}),
-            chunk({"reasoning_content": "think."}),
-            chunk({"content": "Paris."}),
-            chunk({}, "stop", usage=usage(20, 9, cached=16)),
+            chat_chunk({"role": "assistant", "content": None}),
+            chat_chunk({"reasoning_content": "Let me "}),
+            chat_chunk({"reasoning_content": "think."}),
+            chat_chunk({"content": "Paris."}),
+            chat_chunk({}, "stop", usage=token_usage(20, 9, cached=16)),
         ]
     )
     check_sequence(parse_events(body))
@@ -1319,15 +1287,15 @@ def test_thinking_then_text_read_by_the_sdk() -> None:
 
 
 TOOL_CHUNKS = [
-    chunk({"role": "assistant", "content": "Checking both."}),
-    chunk({"tool_calls": [call(0, "call_a", "get_weather", "")]}),
-    chunk({"tool_calls": [call(0, arguments='{"ci')]}),
-    chunk({"tool_calls": [call(0, arguments='ty": "Zü')]}),
-    chunk({"tool_calls": [call(0, arguments='rich"}')]}),
-    chunk({"tool_calls": [call(1, "call_b", "get_time", '{"tz": ')]}),
-    chunk({"tool_calls": [call(1, arguments='"CET"}')]}),
-    chunk({}, "tool_calls"),
-    chunk(choices=False, usage=usage(50, 30)),
+    chat_chunk({"role": "assistant", "content": "Checking both."}),
+    chat_chunk({"tool_calls": [call(0, "call_a", "get_weather", "")]}),
+    chat_chunk({"tool_calls": [call(0, arguments='{"ci')]}),
+    chat_chunk({"tool_calls": [call(0, arguments='ty": "Zü')]}),
+    chat_chunk({"tool_calls": [call(0, arguments='rich"}')]}),
+    chat_chunk({"tool_calls": [call(1, "call_b", "get_time", '{"tz": ')]}),
+    chat_chunk({"tool_calls": [call(1, arguments='"CET"}')]}),
+    chat_chunk({}, "tool_calls"),
+    chat_chunk(choices=False, usage=token_usage(50, 30)),
 ]
 
 
@@ -1403,7 +1371,9 @@ def test_tool_calls_stream_fragment_by_fragment() -> None:
     ],
 )
 def test_tool_call_shapes(fragments: list[list[dict[str, Any]]]) -> None:
-    body, _ = run([*(chunk({"tool_calls": f}, standard=False) for f in fragments), chunk({}, "tool_calls")])
+    body, _ = run(
+        [*(chat_chunk({"tool_calls": f}, standard=False) for f in fragments), chat_chunk({}, "tool_calls")]
+    )
     check_sequence(parse_events(body))
     message = sdk_final_message(body)
     assert len(message.content) == 1
@@ -1414,7 +1384,9 @@ def test_tool_call_shapes(fragments: list[list[dict[str, Any]]]) -> None:
 
 @pytest.mark.parametrize("arguments", ["", "null", " null ", "{}"])
 def test_no_arguments_is_an_empty_input(arguments: str) -> None:
-    body, stream = run([chunk({"tool_calls": [call(0, "c", "f", arguments)]}), chunk({}, "tool_calls")])
+    body, stream = run(
+        [chat_chunk({"tool_calls": [call(0, "c", "f", arguments)]}), chat_chunk({}, "tool_calls")]
+    )
     assert not stream.failed
     block = sdk_final_message(body).content[0]
     assert block.type == "tool_use"
@@ -1422,25 +1394,28 @@ def test_no_arguments_is_an_empty_input(arguments: str) -> None:
 
 
 def test_tool_call_without_id_gets_one() -> None:
-    events, _ = streamed([chunk({"tool_calls": [call(0, None, "f", "{}")]}), chunk({}, "tool_calls")])
+    events, _ = streamed(
+        [chat_chunk({"tool_calls": [call(0, None, "f", "{}")]}), chat_chunk({}, "tool_calls")]
+    )
     tool_id = events[2]["content_block"]["id"]
     assert tool_id.startswith("toolu_")
     assert (
-        tool_id == streamed([chunk({"tool_calls": [call(0, None, "f", "{}")]})])[0][2]["content_block"]["id"]
+        tool_id
+        == streamed([chat_chunk({"tool_calls": [call(0, None, "f", "{}")]})])[0][2]["content_block"]["id"]
     )
 
 
 def test_tool_calls_after_stop_say_tool_use() -> None:
-    events, _ = streamed([chunk({"tool_calls": [call(0, "c", "f", "{}")]}), chunk({}, "stop")])
+    events, _ = streamed([chat_chunk({"tool_calls": [call(0, "c", "f", "{}")]}), chat_chunk({}, "stop")])
     assert events[-2]["delta"]["stop_reason"] == "tool_use"
 
 
 def test_closing_fragments_that_add_nothing_are_ignored() -> None:
     events, stream = streamed(
         [
-            chunk({"tool_calls": [call(0, "a", "f", "{}")]}),
-            chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
-            chunk({"tool_calls": [call(0, arguments="")]}, "tool_calls"),
+            chat_chunk({"tool_calls": [call(0, "a", "f", "{}")]}),
+            chat_chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
+            chat_chunk({"tool_calls": [call(0, arguments="")]}, "tool_calls"),
         ]
     )
     assert not stream.failed
@@ -1451,38 +1426,38 @@ def test_closing_fragments_that_add_nothing_are_ignored() -> None:
     ("events", "message"),
     [
         (
-            [chunk({"tool_calls": [call(0, "c", "f", '{"a": ')]}), chunk({}, "tool_calls")],
+            [chat_chunk({"tool_calls": [call(0, "c", "f", '{"a": ')]}), chat_chunk({}, "tool_calls")],
             "backend returned invalid JSON arguments for tool call 'f'",
         ),
         (
-            [chunk({"tool_calls": [call(0, "c", "f", "[1, 2]")]}), chunk({}, "tool_calls")],
+            [chat_chunk({"tool_calls": [call(0, "c", "f", "[1, 2]")]}), chat_chunk({}, "tool_calls")],
             "backend returned non-object arguments for tool call 'f'",
         ),
         (
-            [chunk({"tool_calls": [call(0, "c", None, "{}")]}), chunk({}, "tool_calls")],
+            [chat_chunk({"tool_calls": [call(0, "c", None, "{}")]}), chat_chunk({}, "tool_calls")],
             "backend returned a tool call without a function name",
         ),
         (
             [
-                chunk({"tool_calls": [call(0, "a", "f", '{"x": 1')]}),
-                chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
+                chat_chunk({"tool_calls": [call(0, "a", "f", '{"x": 1')]}),
+                chat_chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
             ],
             "backend returned invalid JSON arguments for tool call 'f'",
         ),
         (
             [
-                chunk({"tool_calls": [call(0, "a", "f", "{")]}),
-                chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
-                chunk({"tool_calls": [call(0, arguments="}")]}),
+                chat_chunk({"tool_calls": [call(0, "a", "f", "{")]}),
+                chat_chunk({"tool_calls": [call(1, "b", "g", "{}")]}),
+                chat_chunk({"tool_calls": [call(0, arguments="}")]}),
             ],
             # The first call's block closed when the second began: "{" alone was already invalid.
             "backend returned invalid JSON arguments for tool call 'f'",
         ),
         (
             [
-                chunk({"tool_calls": [call(0, "a", "f", "{}")]}),
-                chunk({"content": "text"}),
-                chunk({"tool_calls": [call(0, arguments=" ")]}),
+                chat_chunk({"tool_calls": [call(0, "a", "f", "{}")]}),
+                chat_chunk({"content": "text"}),
+                chat_chunk({"tool_calls": [call(0, arguments=" ")]}),
             ],
             "backend continued a tool call after the next content block began",
         ),
@@ -1500,11 +1475,11 @@ def test_broken_tool_calls_end_the_stream_with_an_error(events: list[dict[str, A
 
 def test_backend_error_mid_stream() -> None:
     stream = AnthropicStream(model=MODEL, message_id=MESSAGE_ID)
-    body = stream.start(at(0)) + stream.feed(chunk({"content": "partial"}), at(1))
+    body = stream.start(at(0)) + stream.feed(chat_chunk({"content": "partial"}), at(1))
     error = stream.feed({"error": {"message": "CUDA out of memory", "type": "internal_error"}}, at(2))
     assert error == stream_error_event("CUDA out of memory")
     assert stream.failed
-    assert stream.feed(chunk({"content": "more"}), at(3)) == b""
+    assert stream.feed(chat_chunk({"content": "more"}), at(3)) == b""
     assert stream.finish(at(4)) == b""
     assert stream.fail("late") == b""
     parsed = parse_events(body + error)
@@ -1515,7 +1490,7 @@ def test_backend_error_mid_stream() -> None:
 
 def test_fail_after_output_started() -> None:
     stream = AnthropicStream(model=MODEL, message_id=MESSAGE_ID)
-    body = stream.start(at(0)) + stream.feed(chunk({"content": "partial"}), at(1))
+    body = stream.start(at(0)) + stream.feed(chat_chunk({"content": "partial"}), at(1))
     broken = stream.fail("backend connection lost")
     assert parse_events(broken) == [
         {"type": "error", "error": {"type": "api_error", "message": "backend connection lost"}}
@@ -1526,9 +1501,13 @@ def test_fail_after_output_started() -> None:
 
 
 def test_usage_may_come_before_or_after_the_finish_chunk() -> None:
-    before, _ = streamed([chunk({"content": "x"}, usage=usage(3, 1)), chunk({}, "length")])
+    before, _ = streamed([chat_chunk({"content": "x"}, usage=token_usage(3, 1)), chat_chunk({}, "length")])
     after, _ = streamed(
-        [chunk({"content": "x"}), chunk({}, "length"), chunk(choices=False, usage=usage(3, 1))]
+        [
+            chat_chunk({"content": "x"}),
+            chat_chunk({}, "length"),
+            chat_chunk(choices=False, usage=token_usage(3, 1)),
+        ]
     )
     assert before[-2] == after[-2]
     assert after[-2] == {
@@ -1539,30 +1518,30 @@ def test_usage_may_come_before_or_after_the_finish_chunk() -> None:
 
 
 def test_message_delta_carries_usage_even_when_the_backend_sent_none() -> None:
-    events, stream = streamed([chunk({"content": "x"}), chunk({}, "stop")])
+    events, stream = streamed([chat_chunk({"content": "x"}), chat_chunk({}, "stop")])
     assert events[-2]["usage"] == {"output_tokens": 0}
     assert stream.usage == (None, None)
-    assert sdk_final_message(run([chunk({"content": "x"})])[0]).usage.output_tokens == 0
+    assert sdk_final_message(run([chat_chunk({"content": "x"})])[0]).usage.output_tokens == 0
 
 
 def test_refusal_stream() -> None:
     events, _ = streamed(
-        [chunk({"role": "assistant", "refusal": "I can't"}), chunk({"refusal": " help."}, "stop")]
+        [chat_chunk({"role": "assistant", "refusal": "I can't"}), chat_chunk({"refusal": " help."}, "stop")]
     )
     assert [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"] == ["I can't", " help."]
     assert events[-2]["delta"]["stop_reason"] == "refusal"
 
 
 def test_stream_without_finish_reason() -> None:
-    events, stream = streamed([chunk({"content": "cut"})])
+    events, stream = streamed([chat_chunk({"content": "cut"})])
     assert not stream.saw_finish
     assert events[-2]["delta"]["stop_reason"] == "end_turn"
 
 
 def test_vllm_stop_string_in_a_stream() -> None:
-    event = chunk({}, "stop")
+    event = chat_chunk({}, "stop")
     event["choices"][0]["stop_reason"] = "###"
-    events, _ = streamed([chunk({"content": "x"}), event])
+    events, _ = streamed([chat_chunk({"content": "x"}), event])
     assert events[-2]["delta"] == {"stop_reason": "stop_sequence", "stop_sequence": "###"}
 
 
@@ -1571,21 +1550,21 @@ def test_vllm_stop_string_in_a_stream() -> None:
     [{}, {"role": "assistant"}, {"role": "assistant", "content": None}, {"content": ""}, {"reasoning": ""}],
 )
 def test_empty_deltas_open_no_block(delta: dict[str, Any]) -> None:
-    events, stream = streamed([chunk(delta), chunk({}, "stop")])
+    events, stream = streamed([chat_chunk(delta), chat_chunk({}, "stop")])
     assert [e["type"] for e in events] == ["message_start", "ping", "message_delta", "message_stop"]
     assert stream.first_token_at is None
-    assert sdk_final_message(run([chunk(delta)])[0]).content == []
+    assert sdk_final_message(run([chat_chunk(delta)])[0]).content == []
 
 
 def test_whitespace_before_a_tool_call_opens_no_text_block() -> None:
     """Models often write "\\n\\n" before a call; an empty-looking text block would be shown to the user."""
     events, _ = streamed(
         [
-            chunk({"reasoning_content": "plan"}),
-            chunk({"reasoning_content": "\n"}),
-            chunk({"content": "\n\n"}),
-            chunk({"tool_calls": [call(0, "c", "f", "{}")]}),
-            chunk({"content": "\n"}),
+            chat_chunk({"reasoning_content": "plan"}),
+            chat_chunk({"reasoning_content": "\n"}),
+            chat_chunk({"content": "\n\n"}),
+            chat_chunk({"tool_calls": [call(0, "c", "f", "{}")]}),
+            chat_chunk({"content": "\n"}),
         ]
     )
     starts = [e["content_block"]["type"] for e in events if e["type"] == "content_block_start"]
@@ -1593,7 +1572,9 @@ def test_whitespace_before_a_tool_call_opens_no_text_block() -> None:
 
 
 def test_whitespace_then_text_keeps_the_whitespace() -> None:
-    events, _ = streamed([chunk({"content": "\n"}), chunk({"content": " "}), chunk({"content": "Hi"})])
+    events, _ = streamed(
+        [chat_chunk({"content": "\n"}), chat_chunk({"content": " "}), chat_chunk({"content": "Hi"})]
+    )
     assert [e["delta"]["text"] for e in events if e["type"] == "content_block_delta"] == ["\n Hi"]
 
 
@@ -1601,11 +1582,11 @@ def test_interleaved_kinds_open_new_blocks() -> None:
     message = sdk_final_message(
         run(
             [
-                chunk({"content": "A"}),
-                chunk({"reasoning_content": "B"}),
-                chunk({"reasoning_content": "C", "content": "D"}),
-                chunk({"tool_calls": [call(0, "c", "f", "{}")]}),
-                chunk({"content": "E"}),
+                chat_chunk({"content": "A"}),
+                chat_chunk({"reasoning_content": "B"}),
+                chat_chunk({"reasoning_content": "C", "content": "D"}),
+                chat_chunk({"tool_calls": [call(0, "c", "f", "{}")]}),
+                chat_chunk({"content": "E"}),
             ]
         )[0]
     )
@@ -1620,7 +1601,7 @@ def test_interleaved_kinds_open_new_blocks() -> None:
 
 def test_inline_think_tags_split_when_asked() -> None:
     pieces = ["<thi", "nk>\nPon", "dering.</th", "ink>\n\nAns", "wer."]
-    message = sdk_final_message(run([chunk({"content": p}) for p in pieces], split_think_tags=True)[0])
+    message = sdk_final_message(run([chat_chunk({"content": p}) for p in pieces], split_think_tags=True)[0])
     assert [(b.type, getattr(b, "text", getattr(b, "thinking", None))) for b in message.content] == [
         ("thinking", "Pondering."),
         ("text", "Answer."),
@@ -1632,12 +1613,12 @@ def test_start_is_written_once() -> None:
     first = stream.start(at(0))
     assert first.startswith(b"event: message_start\n")
     assert stream.start(at(1)) == b""
-    assert not stream.feed(chunk({"content": "x"}), at(2)).startswith(b"event: message_start")
+    assert not stream.feed(chat_chunk({"content": "x"}), at(2)).startswith(b"event: message_start")
 
 
 def test_feed_without_start_still_starts_the_message() -> None:
     stream = AnthropicStream(model=MODEL, message_id=MESSAGE_ID)
-    body = stream.feed(chunk({"content": "x"}), at(1)) + stream.finish(at(2))
+    body = stream.feed(chat_chunk({"content": "x"}), at(1)) + stream.finish(at(2))
     check_sequence(parse_events(body))
 
 
@@ -1645,7 +1626,7 @@ def test_nothing_after_finish() -> None:
     stream = AnthropicStream(model=MODEL, message_id=MESSAGE_ID)
     stream.start(at(0))
     stream.finish(at(1))
-    assert stream.feed(chunk({"content": "x"}), at(2)) == b""
+    assert stream.feed(chat_chunk({"content": "x"}), at(2)) == b""
     assert stream.finish(at(3)) == b""
     assert stream.fail("late") == b""
 
@@ -1682,17 +1663,21 @@ def split_at(data: bytes, cuts: list[int]) -> list[bytes]:
 
 SCENARIOS = {
     "text": [
-        chunk({"role": "assistant", "content": None}),
-        chunk({"content": "Grüße 🦙"}),
-        chunk({}, "stop"),
+        chat_chunk({"role": "assistant", "content": None}),
+        chat_chunk({"content": "Grüße 🦙"}),
+        chat_chunk({}, "stop"),
     ],
     "thinking": [
-        chunk({"reasoning_content": "思考"}),
-        chunk({"content": "答え"}),
-        chunk({}, "stop", usage=usage(5, 2)),
+        chat_chunk({"reasoning_content": "思考"}),
+        chat_chunk({"content": "答え"}),
+        chat_chunk({}, "stop", usage=token_usage(5, 2)),
     ],
     "tools": TOOL_CHUNKS,
-    "think_tags": [chunk({"content": "<think>hm</think>"}), chunk({"content": "ok"}), chunk({}, "stop")],
+    "think_tags": [
+        chat_chunk({"content": "<think>hm</think>"}),
+        chat_chunk({"content": "ok"}),
+        chat_chunk({}, "stop"),
+    ],
 }
 
 
@@ -1740,12 +1725,12 @@ def test_property_any_chunking_gives_the_same_message(
     """However the backend cuts its deltas, the SDK ends up with the same message."""
     cuts = st.lists(st.integers(0, 60), max_size=6)
     encoded = json.dumps(arguments, ensure_ascii=False)
-    events = [chunk({"reasoning_content": piece}) for piece in chunked(thinking, data.draw(cuts))]
-    events += [chunk({"content": piece}) for piece in chunked(text, data.draw(cuts))]
+    events = [chat_chunk({"reasoning_content": piece}) for piece in chunked(thinking, data.draw(cuts))]
+    events += [chat_chunk({"content": piece}) for piece in chunked(text, data.draw(cuts))]
     pieces = chunked(encoded, data.draw(cuts))
-    events.append(chunk({"tool_calls": [call(0, "call_x", "tool", pieces[0])]}))
-    events += [chunk({"tool_calls": [call(0, arguments=piece)]}) for piece in pieces[1:]]
-    events.append(chunk({}, "tool_calls", usage=usage(10, 5)))
+    events.append(chat_chunk({"tool_calls": [call(0, "call_x", "tool", pieces[0])]}))
+    events += [chat_chunk({"tool_calls": [call(0, arguments=piece)]}) for piece in pieces[1:]]
+    events.append(chat_chunk({}, "tool_calls", usage=token_usage(10, 5)))
     body, stream = run(events)
     check_sequence(parse_events(body))
     assert not stream.failed

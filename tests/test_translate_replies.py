@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from ollama._types import ChatResponse, GenerateResponse
 from openai.types import Completion
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 
 from ollama_proxy.errors import BackendError
 from ollama_proxy.translate.replies import (
@@ -25,6 +25,7 @@ from ollama_proxy.translate.replies import (
 )
 from ollama_proxy.translate.timestamps import rfc3339_utc
 from ollama_proxy.wire.ollama import ndjson_line
+from tests.support import chat_chunk, token_usage
 
 CALL_ID = re.compile(r"call_[a-z0-9]{8}")
 CREATED_AT = re.compile(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(\.\d{1,9})?Z")
@@ -64,37 +65,6 @@ def sdk_valid(chunk: dict[str, Any], kind: Literal["chat", "generate"]) -> dict[
     return obj
 
 
-def chat_event(
-    delta: dict[str, Any] | None = None,
-    finish_reason: str | None = None,
-    *,
-    logprobs: dict[str, Any] | None = None,
-    usage: dict[str, Any] | None = None,
-    choices: bool = True,
-    standard: bool = True,
-) -> dict[str, Any]:
-    """A chat.completion.chunk, checked against the openai SDK so test inputs look like real backends."""
-    event: dict[str, Any] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1748772000,
-        "model": "backend",
-        "choices": [],
-    }
-    if choices:
-        choice: dict[str, Any] = {"index": 0, "delta": delta or {}, "finish_reason": finish_reason}
-        if logprobs is not None:
-            choice["logprobs"] = logprobs
-        event["choices"] = [choice]
-    if usage is not None:
-        event["usage"] = usage
-    if standard:
-        # Backends invent finish reasons ("error", "eos"...); the rest must still be OpenAI's shape.
-        fixed = [{**c, "finish_reason": c["finish_reason"] and "stop"} for c in event["choices"]]
-        ChatCompletionChunk.model_validate({**event, "choices": fixed})
-    return event
-
-
 def text_event(text: str, finish_reason: str | None = None) -> dict[str, Any]:
     event: dict[str, Any] = {
         "id": "cmpl-1",
@@ -105,10 +75,6 @@ def text_event(text: str, finish_reason: str | None = None) -> dict[str, Any]:
     }
     Completion.model_validate({**event, "choices": [{**event["choices"][0], "finish_reason": "stop"}]})
     return event
-
-
-def usage(prompt: int, completion: int) -> dict[str, Any]:
-    return {"prompt_tokens": prompt, "completion_tokens": completion, "total_tokens": prompt + completion}
 
 
 def run(
@@ -184,11 +150,11 @@ def test_property_ndjson_is_one_line(obj: dict[str, Any]) -> None:
 def test_chat_stream() -> None:
     chunks, translator = run(
         [
-            chat_event({"role": "assistant", "content": ""}),
-            chat_event({"content": "Hel"}),
-            chat_event({"content": "lo"}),
-            chat_event({}, "stop"),
-            chat_event(choices=False, usage=usage(14, 2)),
+            chat_chunk({"role": "assistant", "content": ""}),
+            chat_chunk({"content": "Hel"}),
+            chat_chunk({"content": "lo"}),
+            chat_chunk({}, "stop"),
+            chat_chunk(choices=False, usage=token_usage(14, 2)),
         ]
     )
     assert chunks == [
@@ -223,7 +189,7 @@ def test_chat_stream() -> None:
 
 def test_generate_stream() -> None:
     chunks, _ = run(
-        [chat_event({"reasoning": "hm"}), chat_event({"content": "Blue."}, "length")],
+        [chat_chunk({"reasoning": "hm"}), chat_chunk({"content": "Blue."}, "length")],
         kind="generate",
     )
     assert chunks[0] == {
@@ -262,12 +228,12 @@ def test_raw_completion_stream() -> None:
     ],
 )
 def test_reasoning_fields(delta: dict[str, Any], thinking: str) -> None:
-    chunks, _ = run([chat_event(delta)])
+    chunks, _ = run([chat_chunk(delta)])
     assert chunks[0]["message"] == {"role": "assistant", "content": "", "thinking": thinking}
 
 
 def test_content_and_reasoning_in_one_delta() -> None:
-    chunks, _ = run([chat_event({"reasoning_content": "t", "content": "c"})])
+    chunks, _ = run([chat_chunk({"reasoning_content": "t", "content": "c"})])
     assert chunks[0]["message"] == {"role": "assistant", "content": "c", "thinking": "t"}
 
 
@@ -276,7 +242,7 @@ def test_content_and_reasoning_in_one_delta() -> None:
     [{}, {"role": "assistant"}, {"role": "assistant", "content": ""}, {"content": None}, {"reasoning": ""}],
 )
 def test_empty_deltas_emit_nothing(delta: dict[str, Any]) -> None:
-    chunks, translator = run([chat_event(delta)])
+    chunks, translator = run([chat_chunk(delta)])
     assert len(chunks) == 1
     assert chunks[0]["done"] is True
     assert translator.first_token_at is None
@@ -295,12 +261,12 @@ def test_empty_deltas_emit_nothing(delta: dict[str, Any]) -> None:
     ],
 )
 def test_done_reason(finish_reason: str | None, done_reason: str) -> None:
-    chunks, _ = run([chat_event({"content": "x"}), chat_event({}, finish_reason)])
+    chunks, _ = run([chat_chunk({"content": "x"}), chat_chunk({}, finish_reason)])
     assert chunks[-1]["done_reason"] == done_reason
 
 
 def test_done_reason_from_non_string_is_stop() -> None:
-    event = chat_event({"content": "x"})
+    event = chat_chunk({"content": "x"})
     event["choices"][0]["finish_reason"] = 3
     chunks, _ = run([event])
     assert chunks[-1]["done_reason"] == "stop"
@@ -310,7 +276,7 @@ def test_done_reason_from_non_string_is_stop() -> None:
 
 
 def test_no_output_means_eval_duration_is_everything() -> None:
-    chunks, _ = run([chat_event({}, "stop")])
+    chunks, _ = run([chat_chunk({}, "stop")])
     final = chunks[-1]
     assert final["total_duration"] == 200_000_000
     assert final["eval_duration"] == 200_000_000
@@ -322,7 +288,7 @@ def test_no_output_means_eval_duration_is_everything() -> None:
 
 def test_zero_durations_become_one_nanosecond() -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(0))
-    translator.feed(chat_event({"content": "x"}), at(0))
+    translator.feed(chat_chunk({"content": "x"}), at(0))
     final = translator.finish(at(0))[-1]
     assert final["total_duration"] == 1
     assert final["prompt_eval_duration"] == 1
@@ -331,7 +297,7 @@ def test_zero_durations_become_one_nanosecond() -> None:
 
 def test_clock_going_backwards_never_gives_negative_durations() -> None:
     translator = StreamTranslator(model="m", kind="chat", started=Instant(BASE_WALL, 10_000))
-    translator.feed(chat_event({"content": "x"}), Instant(BASE_WALL, 5_000))
+    translator.feed(chat_chunk({"content": "x"}), Instant(BASE_WALL, 5_000))
     final = sdk_valid(translator.finish(Instant(BASE_WALL, 1_000))[-1], "chat")
     assert final["total_duration"] == final["prompt_eval_duration"] == final["eval_duration"] == 1
 
@@ -339,22 +305,25 @@ def test_clock_going_backwards_never_gives_negative_durations() -> None:
 @pytest.mark.parametrize(
     ("raw", "counts"),
     [
-        (usage(0, 0), {}),
+        (token_usage(0, 0), {}),
         ({"prompt_tokens": 5}, {"prompt_eval_count": 5}),
         ({"prompt_tokens": 5, "completion_tokens": None}, {"prompt_eval_count": 5}),
         ({"prompt_tokens": True, "completion_tokens": "3"}, {}),
-        (usage(5, 7), {"prompt_eval_count": 5, "eval_count": 7}),
+        (token_usage(5, 7), {"prompt_eval_count": 5, "eval_count": 7}),
     ],
 )
 def test_counts(raw: dict[str, Any], counts: dict[str, int]) -> None:
-    event = chat_event({"content": "x"})
+    event = chat_chunk({"content": "x"})
     event["usage"] = raw
     final = run([event])[0][-1]
     assert {k: v for k, v in final.items() if k.endswith("_count")} == counts
 
 
 def test_later_usage_replaces_earlier() -> None:
-    events = [chat_event({"content": "x"}, usage=usage(3, 1)), chat_event(choices=False, usage=usage(3, 9))]
+    events = [
+        chat_chunk({"content": "x"}, usage=token_usage(3, 1)),
+        chat_chunk(choices=False, usage=token_usage(3, 9)),
+    ]
     chunks, translator = run(events)
     assert chunks[-1]["eval_count"] == 9
     assert translator.usage == (3, 9)
@@ -388,14 +357,14 @@ def tool_chunks(chunks: list[dict[str, Any]]) -> list[list[dict[str, Any]]]:
 
 def test_openai_style_fragments() -> None:
     events = [
-        chat_event({"role": "assistant", "content": None}),
-        chat_event({"tool_calls": [fragment(0, id="call_abc", name="get_weather", args="")]}),
-        chat_event({"tool_calls": [fragment(0, args='{"ci')]}),
-        chat_event({"tool_calls": [fragment(0, args='ty": "Paris"}')]}),
-        chat_event({"tool_calls": [fragment(1, id="call_def", name="get_time", args='{"tz":')]}),
-        chat_event({"tool_calls": [fragment(1, args=' "CET"}')]}),
-        chat_event({}, "tool_calls"),
-        chat_event(choices=False, usage=usage(40, 20)),
+        chat_chunk({"role": "assistant", "content": None}),
+        chat_chunk({"tool_calls": [fragment(0, id="call_abc", name="get_weather", args="")]}),
+        chat_chunk({"tool_calls": [fragment(0, args='{"ci')]}),
+        chat_chunk({"tool_calls": [fragment(0, args='ty": "Paris"}')]}),
+        chat_chunk({"tool_calls": [fragment(1, id="call_def", name="get_time", args='{"tz":')]}),
+        chat_chunk({"tool_calls": [fragment(1, args=' "CET"}')]}),
+        chat_chunk({}, "tool_calls"),
+        chat_chunk(choices=False, usage=token_usage(40, 20)),
     ]
     chunks, translator = run(events)
     assert chunks[0] == {
@@ -425,8 +394,8 @@ def test_openai_style_fragments() -> None:
 
 def test_whole_call_in_one_delta_with_repeated_name_and_no_finish_reason() -> None:
     events = [
-        chat_event({"tool_calls": [fragment(0, id="call_1", name="f", args='{"a": 1}')]}),
-        chat_event({"tool_calls": [fragment(0, name="f", args="")]}),
+        chat_chunk({"tool_calls": [fragment(0, id="call_1", name="f", args='{"a": 1}')]}),
+        chat_chunk({"tool_calls": [fragment(0, name="f", args="")]}),
     ]
     chunks, _ = run(events)
     assert tool_chunks(chunks) == [
@@ -438,10 +407,10 @@ def test_whole_call_in_one_delta_with_repeated_name_and_no_finish_reason() -> No
 def test_fragments_without_index() -> None:
     """Not OpenAI's shape (index is required there), but some servers leave it out."""
     events = [
-        chat_event({"tool_calls": [fragment(None, id="call_1", name="f", args='{"a"')]}, standard=False),
-        chat_event({"tool_calls": [fragment(None, args=": 1}")]}, standard=False),
-        chat_event({"tool_calls": [fragment(None, id="call_2", name="g", args="{}")]}, standard=False),
-        chat_event({"tool_calls": [fragment(None, id="call_1", args="")]}, standard=False),
+        chat_chunk({"tool_calls": [fragment(None, id="call_1", name="f", args='{"a"')]}, standard=False),
+        chat_chunk({"tool_calls": [fragment(None, args=": 1}")]}, standard=False),
+        chat_chunk({"tool_calls": [fragment(None, id="call_2", name="g", args="{}")]}, standard=False),
+        chat_chunk({"tool_calls": [fragment(None, id="call_1", args="")]}, standard=False),
     ]
     calls = tool_chunks(run(events)[0])[0]
     assert [(c["id"], c["function"]["name"], c["function"]["arguments"]) for c in calls] == [
@@ -451,19 +420,19 @@ def test_fragments_without_index() -> None:
 
 
 def test_arguments_sent_as_an_object() -> None:
-    event = chat_event({})
+    event = chat_chunk({})
     event["choices"][0]["delta"] = {"tool_calls": [fragment(0, id="call_1", name="f", args={"a": [1]})]}
     assert tool_chunks(run([event])[0])[0][0]["function"]["arguments"] == {"a": [1]}
 
 
 @pytest.mark.parametrize("args", ["", "   ", "null", None])
 def test_empty_arguments_are_an_empty_object(args: str | None) -> None:
-    events = [chat_event({"tool_calls": [fragment(0, id="call_1", name="f", args=args)]}, "tool_calls")]
+    events = [chat_chunk({"tool_calls": [fragment(0, id="call_1", name="f", args=args)]}, "tool_calls")]
     assert tool_chunks(run(events)[0])[0][0]["function"]["arguments"] == {}
 
 
 def test_missing_id_is_synthesized_deterministically() -> None:
-    events = [chat_event({"tool_calls": [fragment(0, name="f", args="{}")]}, "tool_calls")]
+    events = [chat_chunk({"tool_calls": [fragment(0, name="f", args="{}")]}, "tool_calls")]
     first = tool_chunks(run(events)[0])[0][0]["id"]
     again = tool_chunks(run(events)[0])[0][0]["id"]
     assert CALL_ID.fullmatch(first)
@@ -472,8 +441,8 @@ def test_missing_id_is_synthesized_deterministically() -> None:
 
 def test_content_before_tool_calls_is_kept() -> None:
     events = [
-        chat_event({"content": "Let me check."}),
-        chat_event({"tool_calls": [fragment(0, id="call_1", name="f", args="{}")]}, "tool_calls"),
+        chat_chunk({"content": "Let me check."}),
+        chat_chunk({"tool_calls": [fragment(0, id="call_1", name="f", args="{}")]}, "tool_calls"),
     ]
     chunks, _ = run(events)
     assert [c["message"]["content"] for c in chunks] == ["Let me check.", "", ""]
@@ -491,19 +460,19 @@ def test_content_before_tool_calls_is_kept() -> None:
 )
 def test_bad_arguments_end_the_stream_with_an_error(args: str, message: str) -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(0))
-    assert translator.feed(chat_event({"content": "ok"}), at(1))[0]["message"]["content"] == "ok"
+    assert translator.feed(chat_chunk({"content": "ok"}), at(1))[0]["message"]["content"] == "ok"
     out = translator.feed(
-        chat_event({"tool_calls": [fragment(0, id="call_1", name="f", args=args)]}, "stop"), at(2)
+        chat_chunk({"tool_calls": [fragment(0, id="call_1", name="f", args=args)]}, "stop"), at(2)
     )
     assert out == [{"error": message}]
     assert translator.failed
     assert translator.finish(at(3)) == []
-    assert translator.feed(chat_event({"content": "more"}), at(4)) == []
+    assert translator.feed(chat_chunk({"content": "more"}), at(4)) == []
 
 
 def test_bad_arguments_detected_at_finish() -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(0))
-    assert translator.feed(chat_event({"tool_calls": [fragment(0, id="c", name="f", args="{")]}), at(1)) == []
+    assert translator.feed(chat_chunk({"tool_calls": [fragment(0, id="c", name="f", args="{")]}), at(1)) == []
     assert translator.finish(at(2)) == [
         {"error": "backend returned invalid JSON arguments for tool call 'f'"}
     ]
@@ -511,12 +480,12 @@ def test_bad_arguments_detected_at_finish() -> None:
 
 
 def test_nameless_tool_call_is_an_error() -> None:
-    out, _ = run([chat_event({"tool_calls": [fragment(0, id="c", args="{}")]})])
+    out, _ = run([chat_chunk({"tool_calls": [fragment(0, id="c", args="{}")]})])
     assert out == [{"error": "backend returned a tool call without a function name"}]
 
 
 def test_generate_relays_tool_calls_as_ollama_does() -> None:
-    events = [chat_event({"tool_calls": [fragment(0, id="c", name="f", args='{"x": 1}')]}, "tool_calls")]
+    events = [chat_chunk({"tool_calls": [fragment(0, id="c", name="f", args='{"x": 1}')]}, "tool_calls")]
     chunks, _ = run(events, "generate")
     call = {"id": "c", "function": {"index": 0, "name": "f", "arguments": {"x": 1}}}
     assert chunks[0]["tool_calls"] == [call]
@@ -543,23 +512,23 @@ def test_generate_relays_tool_calls_as_ollama_does() -> None:
 )
 def test_error_event(error: Any, text: str) -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(0))
-    translator.feed(chat_event({"content": "partial"}), at(1))
+    translator.feed(chat_chunk({"content": "partial"}), at(1))
     assert translator.feed({"error": error}, at(2)) == [{"error": text}]
     assert translator.finish(at(3)) == []
     sdk_valid({"error": text}, "chat")
 
 
 def test_openrouter_mid_stream_error_with_choices() -> None:
-    event = chat_event({"content": ""}, "error")
+    event = chat_chunk({"content": ""}, "error")
     event["error"] = {"code": 502, "message": "upstream died"}
-    out, translator = run([chat_event({"content": "a"}), event])
+    out, translator = run([chat_chunk({"content": "a"}), event])
     assert out[-1] == {"error": "upstream died"}
     assert translator.failed
 
 
 @pytest.mark.parametrize("error", [None, "", {}])
 def test_falsy_error_fields_are_not_errors(error: Any) -> None:
-    event = chat_event({"content": "a"})
+    event = chat_chunk({"content": "a"})
     event["error"] = error
     chunks, translator = run([event])
     assert not translator.failed
@@ -591,7 +560,7 @@ def test_finish_twice_gives_one_done() -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(0))
     assert len(translator.finish(at(1))) == 1
     assert translator.finish(at(2)) == []
-    assert translator.feed(chat_event({"content": "late"}), at(3)) == []
+    assert translator.feed(chat_chunk({"content": "late"}), at(3)) == []
 
 
 # --- logprobs -----------------------------------------------------------------------------------------------
@@ -625,7 +594,7 @@ OLLAMA_LOGPROBS = [
 
 
 def test_logprobs_on_chunks() -> None:
-    chunks, _ = run([chat_event({"content": "Hi!"}, logprobs=CHAT_LOGPROBS)])
+    chunks, _ = run([chat_chunk({"content": "Hi!"}, logprobs=CHAT_LOGPROBS)])
     assert chunks[0]["logprobs"] == OLLAMA_LOGPROBS
     assert "logprobs" not in chunks[1]
     parsed = ChatResponse.model_validate(chunks[0])
@@ -635,15 +604,15 @@ def test_logprobs_on_chunks() -> None:
 
 def test_logprobs_of_a_silent_delta_ride_on_the_next_chunk() -> None:
     events = [
-        chat_event(
+        chat_chunk(
             {"content": ""},
             logprobs={"content": [{"token": "<s>", "logprob": -0.1, "bytes": None, "top_logprobs": []}]},
         ),
-        chat_event(
+        chat_chunk(
             {"content": "a"},
             logprobs={"content": [{"token": "a", "logprob": -0.2, "bytes": None, "top_logprobs": []}]},
         ),
-        chat_event(
+        chat_chunk(
             {},
             "stop",
             logprobs={"content": [{"token": "</s>", "logprob": -0.3, "bytes": None, "top_logprobs": []}]},
@@ -694,23 +663,23 @@ def test_legacy_completion_logprobs() -> None:
     ],
 )
 def test_think_tags(deltas: list[str], thinking: str, content: str) -> None:
-    chunks, _ = run([chat_event({"content": d}) for d in deltas], think=Reasoning.SPLIT)
+    chunks, _ = run([chat_chunk({"content": d}) for d in deltas], think=Reasoning.SPLIT)
     assert thoughts(chunks) == thinking
     assert contents(chunks) == content
 
 
 def test_think_tags_off_by_default() -> None:
-    chunks, _ = run([chat_event({"content": "<think>x</think>y"})])
+    chunks, _ = run([chat_chunk({"content": "<think>x</think>y"})])
     assert contents(chunks) == "<think>x</think>y"
 
 
 @pytest.mark.parametrize(
     "events",
     [
-        [chat_event({"reasoning_content": "secret"}), chat_event({"content": "Answer"}, "stop")],
-        [chat_event({"reasoning": "secret", "content": "Answer"}, "stop")],
-        [chat_event({"content": "<think>se"}), chat_event({"content": "cret</think>Answer"}, "stop")],
-        [chat_event({"content": "<think></think>\n\nAnswer"}, "stop")],
+        [chat_chunk({"reasoning_content": "secret"}), chat_chunk({"content": "Answer"}, "stop")],
+        [chat_chunk({"reasoning": "secret", "content": "Answer"}, "stop")],
+        [chat_chunk({"content": "<think>se"}), chat_chunk({"content": "cret</think>Answer"}, "stop")],
+        [chat_chunk({"content": "<think></think>\n\nAnswer"}, "stop")],
     ],
 )
 @pytest.mark.parametrize("whole", [False, True])
@@ -726,11 +695,11 @@ def test_think_false_lets_no_reasoning_through(events: list[dict[str, Any]], who
 @pytest.mark.parametrize(
     ("events", "reasoned"),
     [
-        ([chat_event({"reasoning": "r"})], True),
-        ([chat_event({"content": "  <thi"}), chat_event({"content": "nk>x</think>y"})], True),
-        ([chat_event({"content": "no <think> here"})], False),
-        ([chat_event({"content": "plain"}), chat_event({"content": "<think>late"})], False),
-        ([chat_event({"reasoning": ""}), chat_event({"content": "x"})], False),
+        ([chat_chunk({"reasoning": "r"})], True),
+        ([chat_chunk({"content": "  <thi"}), chat_chunk({"content": "nk>x</think>y"})], True),
+        ([chat_chunk({"content": "no <think> here"})], False),
+        ([chat_chunk({"content": "plain"}), chat_chunk({"content": "<think>late"})], False),
+        ([chat_chunk({"reasoning": ""}), chat_chunk({"content": "x"})], False),
     ],
 )
 @pytest.mark.parametrize("think", list(Reasoning))
@@ -743,13 +712,13 @@ def test_the_translator_notes_whether_the_model_reasoned(
 
 def test_a_whole_reply_is_the_stream_folded() -> None:
     events = [
-        chat_event({"reasoning": "Rayleigh "}),
-        chat_event({"reasoning": "scattering"}),
-        chat_event({"content": "Blue", "logprobs": None}, logprobs=CHAT_LOGPROBS),
-        chat_event({"content": "."}),
-        chat_event({"tool_calls": [fragment(0, id="c", name="f", args='{"x": ')]}),
-        chat_event({"tool_calls": [fragment(0, args="1}")]}, "tool_calls"),
-        chat_event(choices=False, usage=usage(9, 4)),
+        chat_chunk({"reasoning": "Rayleigh "}),
+        chat_chunk({"reasoning": "scattering"}),
+        chat_chunk({"content": "Blue", "logprobs": None}, logprobs=CHAT_LOGPROBS),
+        chat_chunk({"content": "."}),
+        chat_chunk({"tool_calls": [fragment(0, id="c", name="f", args='{"x": ')]}),
+        chat_chunk({"tool_calls": [fragment(0, args="1}")]}, "tool_calls"),
+        chat_chunk(choices=False, usage=token_usage(9, 4)),
     ]
     streamed, _ = run(events, "generate")
     (whole,), _ = run(events, "generate", whole=True)
@@ -781,7 +750,7 @@ def test_a_whole_reply_is_the_stream_folded() -> None:
 @pytest.mark.parametrize("whole", [False, True])
 def test_a_whole_reply_that_fails_is_an_error(whole: bool) -> None:
     chunks, translator = run(
-        [chat_event({"content": "partial"}), {"error": {"message": "out of memory"}}], whole=whole
+        [chat_chunk({"content": "partial"}), {"error": {"message": "out of memory"}}], whole=whole
     )
     assert chunks[-1] == {"error": "out of memory"}
     assert translator.failed
@@ -798,9 +767,9 @@ def test_the_final_generate_reply_carries_the_context_of_the_whole_answer(whole:
     translator = StreamTranslator(
         model="m", kind="generate", started=at(0), context_for=context_for, whole=whole
     )
-    out = translator.feed(chat_event({"content": "<think>x</think>"}), at(1))
-    out += translator.feed(chat_event({"content": "Hello"}), at(2))
-    out += translator.feed(chat_event({"content": " you"}, "stop"), at(3))
+    out = translator.feed(chat_chunk({"content": "<think>x</think>"}), at(1))
+    out += translator.feed(chat_chunk({"content": "Hello"}), at(2))
+    out += translator.feed(chat_chunk({"content": " you"}, "stop"), at(3))
     out += translator.finish(at(4))
     assert answers == ["<think>x</think>Hello you"]
     assert out[-1]["context"] == [7, 8, 9]
@@ -818,7 +787,7 @@ def test_the_final_generate_reply_carries_the_context_of_the_whole_answer(whole:
 
 def test_load_duration_is_the_wait_before_the_backend_call() -> None:
     translator = StreamTranslator(model="m", kind="chat", started=at(300), arrived=at(100))
-    translator.feed(chat_event({"content": "x"}), at(400))
+    translator.feed(chat_chunk({"content": "x"}), at(400))
     final = translator.finish(at(1000))[-1]
     assert final["total_duration"] == 900_000_000
     assert final["load_duration"] == 200_000_000
@@ -829,7 +798,7 @@ def test_load_duration_is_the_wait_before_the_backend_call() -> None:
 
 def test_think_tags_flushed_at_finish_reason() -> None:
     chunks, _ = run(
-        [chat_event({"content": "<think>abc  "}), chat_event({}, "length")], think=Reasoning.SPLIT
+        [chat_chunk({"content": "<think>abc  "}), chat_chunk({}, "length")], think=Reasoning.SPLIT
     )
     assert thoughts(chunks) == "abc"
     assert chunks[-1]["done_reason"] == "length"
@@ -885,13 +854,13 @@ def streams(
     draw: st.DrawFn,
 ) -> tuple[list[dict[str, Any]], list[str], list[str], list[tuple[str, dict[str, Any]]]]:
     """Random content/reasoning deltas, then tool calls whose argument strings are cut at random places."""
-    events: list[dict[str, Any]] = [chat_event({"role": "assistant", "content": ""})]
+    events: list[dict[str, Any]] = [chat_chunk({"role": "assistant", "content": ""})]
     content_parts: list[str] = []
     thinking_parts: list[str] = []
     for field, text in draw(
         st.lists(st.tuples(st.sampled_from(["content", "reasoning", "reasoning_content"]), TEXT))
     ):
-        events.append(chat_event({field: text}))
+        events.append(chat_chunk({field: text}))
         (content_parts if field == "content" else thinking_parts).append(text)
     calls = draw(st.lists(st.tuples(st.sampled_from(["f", "get_weather", "g2"]), ARGUMENTS), max_size=3))
     fragments: list[list[dict[str, Any]]] = []
@@ -905,12 +874,12 @@ def streams(
     # Parallel calls may interleave; each call's own fragments stay in order.
     while any(fragments):
         queue = draw(st.sampled_from([q for q in fragments if q]))
-        events.append(chat_event({"tool_calls": [queue.pop(0)]}))
+        events.append(chat_chunk({"tool_calls": [queue.pop(0)]}))
     if draw(st.booleans()):
-        events.append(chat_event({}, draw(st.sampled_from(["stop", "length", "tool_calls"]))))
+        events.append(chat_chunk({}, draw(st.sampled_from(["stop", "length", "tool_calls"]))))
     if draw(st.booleans()):
         events.append(
-            chat_event(choices=False, usage=usage(draw(st.integers(0, 99)), draw(st.integers(0, 99))))
+            chat_chunk(choices=False, usage=token_usage(draw(st.integers(0, 99)), draw(st.integers(0, 99))))
         )
     return events, content_parts, thinking_parts, calls
 
@@ -964,7 +933,7 @@ def reply(body: dict[str, Any], kind: Literal["chat", "generate"] = "chat", **kw
 def test_chat_completion_reply() -> None:
     body = chat_completion(
         {"role": "assistant", "content": "Paris.", "reasoning_content": "Capital of France."},
-        usage=usage(20, 3),
+        usage=token_usage(20, 3),
     )
     assert reply(body) == {
         "model": "qwen3:8b",
@@ -1033,7 +1002,7 @@ def test_generate_reply_from_text_completion() -> None:
         "created": 1748772000,
         "model": "backend",
         "choices": [{"index": 0, "text": "return a + b", "finish_reason": "stop", "logprobs": None}],
-        "usage": usage(10, 4),
+        "usage": token_usage(10, 4),
     }
     Completion.model_validate(body)
     out = reply(body, "generate")

@@ -16,7 +16,7 @@ import openai
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from openai.types.chat import ChatCompletion, ChatCompletionChunk
+from openai.types.chat import ChatCompletion
 from openai.types.responses import Response, ResponseStreamEvent
 from pydantic import TypeAdapter
 
@@ -31,6 +31,7 @@ from ollama_proxy.translate.responses import (
     responses_to_openai,
     stream_error_events,
 )
+from tests.support import chat_chunk
 
 RESPONSE_ID = "resp_0123abcd"
 CREATED = 1_748_772_000.75  # reported as whole seconds
@@ -1027,30 +1028,6 @@ def test_reply_that_is_not_an_object() -> None:
 # --- streams: reading them back -----------------------------------------------------------------------------
 
 
-def chunk(
-    delta: dict[str, Any] | None = None,
-    finish_reason: str | None = None,
-    *,
-    usage: dict[str, Any] | None = None,
-    choices: bool = True,
-    standard: bool = True,
-) -> dict[str, Any]:
-    """A chat.completion.chunk, checked against the openai SDK so test inputs look like real backends
-    (``standard``) or deliberately not."""
-    event: dict[str, Any] = {
-        "id": "chatcmpl-1",
-        "object": "chat.completion.chunk",
-        "created": 1748772000,
-        "model": "backend",
-        "choices": [{"index": 0, "delta": delta or {}, "finish_reason": finish_reason}] if choices else [],
-    }
-    if usage is not None:
-        event["usage"] = usage
-    if standard:
-        ChatCompletionChunk.model_validate(event)
-    return event
-
-
 def call_fragment(
     index: int, *, id: str | None = None, name: str | None = None, args: str | None = None
 ) -> dict[str, Any]:
@@ -1067,11 +1044,11 @@ def call_fragment(
 def calls(
     *fragments: dict[str, Any], finish_reason: str | None = None, standard: bool = True
 ) -> dict[str, Any]:
-    return chunk({"tool_calls": list(fragments)}, finish_reason, standard=standard)
+    return chat_chunk({"tool_calls": list(fragments)}, finish_reason, standard=standard)
 
 
 def usage_chunk(prompt: int = 11, completion_tokens: int = 4) -> dict[str, Any]:
-    return chunk(
+    return chat_chunk(
         usage={
             "prompt_tokens": prompt,
             "completion_tokens": completion_tokens,
@@ -1174,10 +1151,10 @@ def types(events: list[dict[str, Any]]) -> list[str]:
 def test_text_stream() -> None:
     events, stream, writes = run(
         [
-            chunk({"role": "assistant", "content": None}),  # llama.cpp's first delta
-            chunk({"content": "Hel"}),
-            chunk({"content": "lo"}),
-            chunk({}, "stop"),
+            chat_chunk({"role": "assistant", "content": None}),  # llama.cpp's first delta
+            chat_chunk({"content": "Hel"}),
+            chat_chunk({"content": "lo"}),
+            chat_chunk({}, "stop"),
             usage_chunk(),
         ]
     )
@@ -1227,7 +1204,7 @@ def test_text_stream() -> None:
 
 
 def test_completed_only_at_finish_even_when_usage_comes_after_the_finish_reason() -> None:
-    _, stream, writes = run([chunk({"content": "x"}, "stop"), usage_chunk(3, 1)])
+    _, stream, writes = run([chat_chunk({"content": "x"}, "stop"), usage_chunk(3, 1)])
     assert b"response.completed" not in b"".join(writes[:-1])
     assert b"response.completed" in writes[-1]
     assert stream.usage == (3, 1)
@@ -1236,9 +1213,9 @@ def test_completed_only_at_finish_even_when_usage_comes_after_the_finish_reason(
 def test_reasoning_then_text() -> None:
     events, _, writes = run(
         [
-            chunk({"reasoning_content": "Think"}),
-            chunk({"reasoning": "ing."}),
-            chunk({"content": "Done."}, "stop"),
+            chat_chunk({"reasoning_content": "Think"}),
+            chat_chunk({"reasoning": "ing."}),
+            chat_chunk({"content": "Done."}, "stop"),
         ]
     )
     assert types(events)[2:] == [
@@ -1272,7 +1249,7 @@ def test_tool_call_arguments_stream_unbuffered() -> None:
         [
             calls(call_fragment(0, id="call_x", name="exec_command", args="")),
             *(calls(call_fragment(0, args=piece)) for piece in pieces),
-            chunk({}, "tool_calls"),
+            chat_chunk({}, "tool_calls"),
             usage_chunk(),
         ],
         {"input": "x", "tools": [function_tool("exec_command")]},
@@ -1301,11 +1278,11 @@ def test_tool_call_arguments_stream_unbuffered() -> None:
 def test_two_tool_calls_after_text() -> None:
     events, _, writes = run(
         [
-            chunk({"content": "Checking both."}),
+            chat_chunk({"content": "Checking both."}),
             calls(call_fragment(0, id="call_a", name="weather", args='{"city":')),
             calls(call_fragment(0, args='"Paris"}')),
             calls(call_fragment(1, id="call_b", name="weather", args='{"city":"Rome"}')),
-            chunk({}, "tool_calls"),
+            chat_chunk({}, "tool_calls"),
         ]
     )
     added = [
@@ -1369,7 +1346,7 @@ def test_tool_call_name_arriving_after_its_id() -> None:
         [
             calls(call_fragment(0, id="call_1")),
             calls(call_fragment(0, name="f", args='{"q":1}')),
-            chunk({}, "tool_calls"),
+            chat_chunk({}, "tool_calls"),
         ]
     )
     assert writes[1] == b""  # nothing can be announced without a name
@@ -1379,14 +1356,14 @@ def test_tool_call_name_arriving_after_its_id() -> None:
 
 def test_fragments_without_index_and_without_ids() -> None:
     fragment = {"type": "function", "function": {"name": "f", "arguments": '{"a":1}'}}
-    events, _, _ = run([calls(fragment, standard=False), chunk({}, "tool_calls")])
+    events, _, _ = run([calls(fragment, standard=False), chat_chunk({}, "tool_calls")])
     item = events[-1]["response"]["output"][0]
     assert item["call_id"].startswith("call_")
     assert item["arguments"] == '{"a":1}'
 
 
 def test_tool_call_without_arguments_gets_an_empty_object() -> None:
-    events, _, _ = run([calls(call_fragment(0, id="c", name="now")), chunk({}, "tool_calls")])
+    events, _, _ = run([calls(call_fragment(0, id="c", name="now")), chat_chunk({}, "tool_calls")])
     assert [e["delta"] for e in events if e["type"] == "response.function_call_arguments.delta"] == ["{}"]
     assert events[-1]["response"]["output"][0]["arguments"] == "{}"
 
@@ -1396,7 +1373,7 @@ def test_namespace_calls_come_back_with_their_namespace() -> None:
     events, _, writes = run(
         [
             calls(call_fragment(0, id="call_1", name="multi_agent_v1__spawn_agent", args='{"task":"t"}')),
-            chunk({}, "tool_calls"),
+            chat_chunk({}, "tool_calls"),
         ],
         request,
     )
@@ -1408,7 +1385,11 @@ def test_namespace_calls_come_back_with_their_namespace() -> None:
 
 def test_text_after_a_tool_call_opens_a_new_message() -> None:
     events, _, writes = run(
-        [calls(call_fragment(0, id="c", name="f", args="{}")), chunk({"content": "\n"}), chunk({}, "stop")]
+        [
+            calls(call_fragment(0, id="c", name="f", args="{}")),
+            chat_chunk({"content": "\n"}),
+            chat_chunk({}, "stop"),
+        ]
     )
     output = events[-1]["response"]["output"]
     assert [item["type"] for item in output] == ["function_call", "message"]
@@ -1416,14 +1397,16 @@ def test_text_after_a_tool_call_opens_a_new_message() -> None:
 
 
 def test_refusal_stream() -> None:
-    events, _, writes = run([chunk({"refusal": "No"}), chunk({"refusal": "pe."}), chunk({}, "stop")])
+    events, _, writes = run(
+        [chat_chunk({"refusal": "No"}), chat_chunk({"refusal": "pe."}), chat_chunk({}, "stop")]
+    )
     assert "refusal.delta" in types(events)
     assert events[-1]["response"]["output"][0]["content"] == [{"type": "refusal", "refusal": "Nope."}]
     sdk_stream(b"".join(writes))
 
 
 def test_length_ends_with_response_incomplete() -> None:
-    events, _, writes = run([chunk({"content": "Once upon a"}), chunk({}, "length"), usage_chunk()])
+    events, _, writes = run([chat_chunk({"content": "Once upon a"}), chat_chunk({}, "length"), usage_chunk()])
     assert types(events)[-1] == "incomplete"
     response = events[-1]["response"]
     assert response["status"] == "incomplete"
@@ -1436,7 +1419,7 @@ def test_length_ends_with_response_incomplete() -> None:
 
 
 def test_empty_stream_still_answers() -> None:
-    events, stream, writes = run([chunk({"role": "assistant", "content": ""}), chunk({}, "stop")])
+    events, stream, writes = run([chat_chunk({"role": "assistant", "content": ""}), chat_chunk({}, "stop")])
     assert events[-1]["response"]["output"][0]["content"] == [
         {"type": "output_text", "text": "", "annotations": [], "logprobs": []}
     ]
@@ -1447,9 +1430,9 @@ def test_empty_stream_still_answers() -> None:
 def test_error_chunk_mid_stream() -> None:
     events, stream, writes = run(
         [
-            chunk({"content": "Par"}),
+            chat_chunk({"content": "Par"}),
             {"error": {"message": "upstream provider died", "code": 502}},
-            chunk({"content": "is"}),
+            chat_chunk({"content": "is"}),
         ]
     )
     assert stream.failed
@@ -1468,7 +1451,7 @@ def test_error_chunk_mid_stream() -> None:
 
 def test_fail_after_output_started() -> None:
     events, stream, _ = run(
-        [chunk({"reasoning": "hm"}), calls(call_fragment(0, id="c", name="f", args='{"a'))], end="fail"
+        [chat_chunk({"reasoning": "hm"}), calls(call_fragment(0, id="c", name="f", args='{"a'))], end="fail"
     )
     assert stream.failed
     assert types(events)[-2:] == ["failed", "error"]
@@ -1480,7 +1463,7 @@ def test_fail_after_output_started() -> None:
 
 
 def test_nameless_tool_call_fails_the_stream() -> None:
-    events, stream, _ = run([calls(call_fragment(0, id="c", args="{}")), chunk({}, "tool_calls")])
+    events, stream, _ = run([calls(call_fragment(0, id="c", args="{}")), chat_chunk({}, "tool_calls")])
     assert stream.failed
     assert events[-1]["message"] == "backend returned a tool call without a function name"
 
@@ -1496,7 +1479,7 @@ def test_stream_error_events_before_any_output() -> None:
 
 def test_feed_before_start_still_begins_with_response_created() -> None:
     stream = ResponsesStream(model="llama3", response_id=RESPONSE_ID, created_at=CREATED, request={})
-    data = stream.feed(chunk({"content": "x"}), at(1)) + stream.start(at(2)) + stream.finish(at(3))
+    data = stream.feed(chat_chunk({"content": "x"}), at(1)) + stream.start(at(2)) + stream.finish(at(3))
     events = decode(data)
     check_stream(events)
     assert types(events).count("created") == 1
@@ -1505,23 +1488,25 @@ def test_feed_before_start_still_begins_with_response_created() -> None:
 def test_think_tags_in_stream() -> None:
     deltas = ["<thi", "nk>\nPon", "der.</th", "ink>\n\nAns", "wer."]
     events, _, writes = run(
-        [chunk({"content": d}) for d in deltas] + [chunk({}, "stop")], split_think_tags=True
+        [chat_chunk({"content": d}) for d in deltas] + [chat_chunk({}, "stop")], split_think_tags=True
     )
     output = events[-1]["response"]["output"]
     assert output[0]["summary"] == [{"type": "summary_text", "text": "Ponder."}]
     assert sdk_stream(b"".join(writes)).output_text == "Answer."
-    plain, _, _ = run([chunk({"content": d}) for d in deltas])
+    plain, _, _ = run([chat_chunk({"content": d}) for d in deltas])
     assert plain[-1]["response"]["output"][0]["content"][0]["text"] == "".join(deltas)
 
 
 def test_think_block_never_closed_is_flushed_at_the_finish_reason() -> None:
-    events, _, _ = run([chunk({"content": "<think>abc  "}), chunk({}, "length")], split_think_tags=True)
+    events, _, _ = run(
+        [chat_chunk({"content": "<think>abc  "}), chat_chunk({}, "length")], split_think_tags=True
+    )
     assert events[-1]["response"]["output"][0]["summary"] == [{"type": "summary_text", "text": "abc"}]
 
 
 def test_stream_echoes_the_request() -> None:
     request = {**codex_request(), "instructions": "Be brief.", "max_output_tokens": 50}
-    events, _, _ = run([chunk({"content": "x"})], request)
+    events, _, _ = run([chat_chunk({"content": "x"})], request)
     for event in events:
         if "response" in event:
             assert event["response"]["instructions"] == "Be brief."
@@ -1550,9 +1535,11 @@ DELTAS = st.one_of(
 
 @st.composite
 def backend_streams(draw: st.DrawFn) -> list[dict[str, Any]]:
-    events = [chunk(delta) for delta in draw(st.lists(DELTAS, max_size=12))]
+    events = [chat_chunk(delta) for delta in draw(st.lists(DELTAS, max_size=12))]
     if draw(st.booleans()):
-        events.append(chunk({}, draw(st.sampled_from(["stop", "length", "tool_calls", "content_filter"]))))
+        events.append(
+            chat_chunk({}, draw(st.sampled_from(["stop", "length", "tool_calls", "content_filter"])))
+        )
     if draw(st.booleans()):
         events.append(usage_chunk(draw(st.integers(0, 99)), draw(st.integers(0, 99))))
     if draw(st.booleans()):
