@@ -568,3 +568,10 @@ def token_usage(prompt: int, completion: int, cached: int | None = None) -> dict
     if cached is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
     return out
+
+
+def chat_posts(backend: FakeBackend) -> list[dict[str, Any]]:
+    """The chat completions the fake backend was asked for, in order; that it was asked for nothing of
+    the translated APIs' own (it has none) is checked on the way."""
+    assert all(r.path not in ("/v1/messages", "/v1/responses") for r in backend.requests)
+    return [r.json for r in backend.requests if r.path == "/v1/chat/completions"]

@@ -22,6 +22,7 @@ from tests.fake_backend import ChatScript, FakeBackend
 from tests.support import (
     RunningProxy,
     StreamingClient,
+    chat_posts,
     connect_client,
     eventually,
     in_thread,
@@ -45,12 +46,6 @@ WEATHER: ToolParam = {
 def sdk(url: str, **options: Any) -> anthropic.Anthropic:
     options.setdefault("api_key", "unused")
     return anthropic.Anthropic(base_url=url, max_retries=0, **options)
-
-
-def chat_posts(backend: FakeBackend) -> list[dict[str, Any]]:
-    """What the backend was asked: chat completions only, never its own /v1/messages."""
-    assert all(r.path != "/v1/messages" for r in backend.requests)
-    return [r.json for r in backend.requests if r.path == "/v1/chat/completions"]
 
 
 # -- create and stream ------------------------------------------------------------------------------------

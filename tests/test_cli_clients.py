@@ -24,7 +24,6 @@ import re
 import subprocess
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import attrs
 import pytest
@@ -32,7 +31,7 @@ import pytest_twisted
 
 from ollama_proxy.demo import free_ports, start_backend, stop_processes
 from tests.fake_backend import FakeBackend
-from tests.support import ROOT, Child, RunningProxy, child_env, in_thread, start_proxy
+from tests.support import ROOT, Child, RunningProxy, chat_posts, child_env, in_thread, start_proxy
 from tests.twistd_measured import twistd_command
 
 TOOLS = ROOT / "tools" / "npm" / "node_modules" / ".bin"
@@ -120,10 +119,6 @@ def codex(
 
 def _explain(done: subprocess.CompletedProcess[str]) -> str:
     return f"exit {done.returncode}\nstdout:\n{done.stdout}\nstderr:\n{done.stderr[-4000:]}"
-
-
-def chat_posts(backend: FakeBackend) -> list[dict[str, Any]]:
-    return [r.json for r in backend.requests if r.path == "/v1/chat/completions"]
 
 
 # ---------------------------------------------------------------------------------------------------------

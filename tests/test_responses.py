@@ -18,6 +18,7 @@ from tests.fake_backend import ChatScript, FakeBackend
 from tests.support import (
     RunningProxy,
     StreamingClient,
+    chat_posts,
     connect_client,
     eventually,
     in_thread,
@@ -45,12 +46,6 @@ SCHEMA = {
 
 def sdk(url: str, *, prefix: str = "/v1") -> openai.OpenAI:
     return openai.OpenAI(base_url=url + prefix, api_key="unused", max_retries=0)
-
-
-def chat_posts(backend: FakeBackend) -> list[dict[str, Any]]:
-    """What the backend was asked: chat completions only, never its own /v1/responses."""
-    assert all(r.path != "/v1/responses" for r in backend.requests)
-    return [r.json for r in backend.requests if r.path == "/v1/chat/completions"]
 
 
 # -- create and stream ------------------------------------------------------------------------------------
