@@ -29,18 +29,19 @@ from ollama_proxy.site import ProxyRequest
 
 log = Logger(namespace="ollama_proxy.web")
 
-MAX_JSON_REQUEST = 64 * 1024 * 1024
-
 HandlerMethod = Callable[[ProxyRequest], Awaitable[None]]
 
 
 def read_json(request: ProxyRequest) -> Any:
-    """The request body as JSON, with Ollama's messages for an empty or malformed body."""
+    """The request body as JSON, with Ollama's messages for an empty or malformed body.
+
+    The site has already refused a body over ``--max-body`` with a 413, so the whole body is read.
+    """
     content = request.content
     if content is None:
         raise BadRequest("missing request body")
     content.seek(0)
-    raw = content.read(MAX_JSON_REQUEST + 1)
+    raw = content.read()
     if not raw.strip():
         raise BadRequest("missing request body")
     try:
