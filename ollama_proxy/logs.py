@@ -73,6 +73,12 @@ def untrusted(value: str | None) -> Untrusted | None:
     return None if value is None else Untrusted(value)
 
 
+def literal_format(text: str) -> str:
+    """A line already rendered, as an event's format: its braces doubled, so the observer's formatting
+    (Twisted's, pure Python) leaves it as it is and does no lookup at all."""
+    return text.replace("{", "{{").replace("}", "}}")
+
+
 def _plain(value: Any) -> Any:
     if value is None or isinstance(value, (str, int, float, bool)):
         return value

@@ -44,7 +44,7 @@ from ollama_proxy.errors import (
     URITooLong,
 )
 from ollama_proxy.exchange import Exchange, Family, Outcome
-from ollama_proxy.logs import untrusted
+from ollama_proxy.logs import literal_format, untrusted
 from ollama_proxy.metrics import Metrics, endpoint_label, gauge, model_label
 from ollama_proxy.redact import Scrubber
 from ollama_proxy.wire import anthropic, ollama, openai, responses
@@ -72,6 +72,11 @@ CLOSE_LINGER = 2.0
 # Beyond this many refused connections still closing, a refused connection is aborted at once (its answer
 # may be lost): a client that opens connections faster than it closes them cannot hold descriptors that way.
 REFUSED_CLOSING_MAX = 32
+# The access event's text line.
+ACCESS_LINE = (
+    "{request_id} {client} {method} {path} {status} {duration_ms}ms {outcome}"
+    " model={model} ttft_ms={ttft_ms} tokens={prompt_tokens}/{completion_tokens}"
+)
 # How much of a request line too long to read is kept for the access log.
 LOGGED_URI_BYTES = 256
 
@@ -297,24 +302,26 @@ class ProxyRequest(Request):
             site.request_ended(self)
             site.record(self, method, duration)
         ttft = exchange.first_token_seconds
-        access_log.info(
-            "{request_id} {client} {method} {path} {status} {duration_ms}ms {outcome}"
-            " model={model} ttft_ms={ttft_ms} tokens={prompt_tokens}/{completion_tokens}",
-            request_id=exchange.request_id,
-            client=untrusted(_peer(self)),
-            method=untrusted(method),
-            path=untrusted(path),
-            status=self.code,
-            duration_ms=round(duration * 1000, 1),
-            ttft_ms=None if ttft is None else round(ttft * 1000, 1),
-            model=untrusted(exchange.model),
-            backend_model=untrusted(exchange.backend_model),
-            api=exchange.family.value,
-            prompt_tokens=exchange.prompt_tokens,
-            completion_tokens=exchange.completion_tokens,
-            bytes_out=self.sentLength,
-            outcome=outcome.value,
-        )
+        fields: dict[str, Any] = {
+            "request_id": exchange.request_id,
+            "client": untrusted(_peer(self)),
+            "method": untrusted(method),
+            "path": untrusted(path),
+            "status": self.code,
+            "duration_ms": round(duration * 1000, 1),
+            "outcome": outcome.value,
+            "model": untrusted(exchange.model),
+            "ttft_ms": None if ttft is None else round(ttft * 1000, 1),
+            "prompt_tokens": exchange.prompt_tokens,
+            "completion_tokens": exchange.completion_tokens,
+            "backend_model": untrusted(exchange.backend_model),
+            "api": exchange.family.value,
+            "bytes_out": self.sentLength,
+        }
+        # Rendered here by str.format (in C; untrusted values escape themselves) rather than by
+        # Twisted's formatter, pure Python, which cost 55 us of every request's 200 on /api/tags
+        # (bench/results/callprofile-tags.txt); the fields still ride along for the JSON format.
+        access_log.info(literal_format(ACCESS_LINE.format_map(fields)), **fields)
 
 
 def _unsent_bytes(transport: Any) -> int | None:
