@@ -25,6 +25,7 @@ from tests.support import (
     in_thread,
     reactor,
     read_json,
+    serves_next_request,
     start_proxy,
 )
 
@@ -807,3 +808,18 @@ async def test_fill_in_the_middle_on_vllm_is_written_with_the_models_tokens(
     (sent,) = [r.json for r in families_proxy.backend.requests if r.path == "/v1/completions"]
     assert sent["prompt"] == "<|fim_prefix|>def add(a, b):\n<|fim_suffix|>\n    return c\n<|fim_middle|>"
     assert "suffix" not in sent
+
+
+@pytest_twisted.ensureDeferred
+async def test_a_backend_named_by_its_ipv6_address_is_reached(http: HTTPClient) -> None:
+    """IDNA refuses an IPv6 literal's colons: a backend URL's host went through it on every request, and
+    every request to ``http://[::1]:PORT/v1`` failed."""
+    backend = FakeBackend("vllm", api_key="sk-test-secret")
+    url = await backend.listen(reactor(), interface="::1")
+    assert url.startswith("http://[::1]:")
+    running = await start_proxy(backend, url, api_key="sk-test-secret", dialect=Dialect.VLLM)
+    try:
+        await serves_next_request(running, http)
+    finally:
+        await running.service.stopService()
+        await backend.stop()
