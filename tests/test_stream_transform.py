@@ -4,14 +4,16 @@ split at arbitrary bytes: the NDJSON that leaves must not depend on how TCP cut 
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from ollama_proxy.translate.replies import Instant, StreamTranslator
-from ollama_proxy.translate.stream import MAX_BAD_EVENTS, EventStreamTransform, OllamaStream
+from ollama_proxy.translate.replies import Instant, Reasoning, StreamTranslator
+from ollama_proxy.translate.stream import MAX_BAD_EVENTS, EventStreamTransform, OllamaStream, OllamaWhole
+from ollama_proxy.wire.ollama import ndjson_line
 
 
 def _sse(*events: Any, newline: str = "\n") -> bytes:
@@ -171,3 +173,105 @@ def test_an_error_event_ends_the_stream_without_done() -> None:
     lines = [json.loads(line) for line in _run(stream, []).splitlines()]
     assert lines[-1] == {"error": "overloaded"}
     assert [line["message"]["content"] for line in lines[:-1]] == ["x"]
+
+
+# --- the template path for plain content deltas writes what the general path writes ------------------------
+
+
+class _GeneralStream(OllamaStream):
+    """OllamaStream without its template path: every event through ``StreamTranslator.feed``."""
+
+    def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
+        return b"".join(ndjson_line(chunk) for chunk in self.translator.feed(event, at))
+
+
+class _GeneralWhole(OllamaWhole):
+    def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
+        self._keep(self.translator.feed(event, at))
+        return b""
+
+
+_LOGPROBS = {"content": [{"token": "a", "logprob": -0.5, "bytes": [97], "top_logprobs": []}]}
+_TEXT = st.one_of(
+    st.text(max_size=8), st.sampled_from(["<think>", "<thi", "nk>why</think>", "</think>", " ", "\n"])
+)
+_EVENTS = st.one_of(
+    st.builds(lambda text: _chunk({"content": text}), _TEXT),
+    st.builds(lambda text: _chunk({"role": "assistant", "content": text}), _TEXT),
+    st.builds(lambda text: _chunk({"content": text, "reasoning_content": None, "tool_calls": None}), _TEXT),
+    st.builds(lambda text: _chunk({"content": text}, usage=None), _TEXT),
+    st.builds(
+        lambda text: _chunk({"content": text}, usage={"prompt_tokens": 3, "completion_tokens": 2}), _TEXT
+    ),
+    st.builds(lambda text: _chunk({"reasoning": text}), _TEXT),
+    st.builds(lambda text: _chunk({"content": text, "reasoning": "r"}), _TEXT),
+    st.builds(
+        lambda text: {"choices": [{"index": 0, "delta": {"content": text}, "logprobs": _LOGPROBS}]}, _TEXT
+    ),
+    st.builds(lambda reason: _chunk({}, reason), st.sampled_from(["stop", "length"])),
+    st.just(USAGE),
+    st.just({"choices": "nonsense"}),
+    st.just(_chunk({"tool_calls": [{"index": 0, "id": "c1", "function": {"name": "f", "arguments": "{}"}}]})),
+)
+
+
+@settings(max_examples=300)
+@given(
+    st.lists(_EVENTS, max_size=12),
+    st.sampled_from(["chat", "generate"]),
+    st.sampled_from(list(Reasoning)),
+    st.sampled_from(["bench-model", 'qwen3:8b "quoted" é']),
+)
+def test_the_template_path_writes_what_the_general_path_writes(
+    events: list[dict[str, Any]], kind: Any, think: Reasoning, model: str
+) -> None:
+    """``OllamaStream`` writes a plain content delta from a template (``StreamTranslator.plain_content``,
+    ``ContentLines``); byte for byte, and in the state it leaves, that is what the general path makes of
+    it, and the whole reply folded from the stream is the same too."""
+    outputs = []
+    for stream_type, whole_type in ((OllamaStream, OllamaWhole), (_GeneralStream, _GeneralWhole)):
+        stream = stream_type(StreamTranslator(model=model, kind=kind, started=Instant(1.0, 0), think=think))
+        whole = whole_type(
+            StreamTranslator(model=model, kind=kind, started=Instant(1.0, 0), think=think, whole=True)
+        )
+        lines = []
+        for number, event in enumerate(events):
+            at = Instant(1748772000.0 + number / 3, (number + 1) * 1000)  # a new reading for each event
+            lines.append(stream.feed(event, at))
+            whole.feed(event, at)
+        end = Instant(1748772009.0, 99_000)
+        lines.append(stream.finish(end))
+        whole.finish(end)
+        translator = stream.translator
+        outputs.append(
+            (
+                lines,
+                whole.reply,
+                whole.error,
+                translator.usage,
+                translator.first_token_at,
+                translator.saw_reasoning,
+                translator.failed,
+            )
+        )
+    assert outputs[0] == outputs[1]
+
+
+def test_plain_content_deltas_take_the_template_path() -> None:
+    """The events a backend mostly sends do take it (else the test above would compare the general path
+    with itself)."""
+    translator = StreamTranslator(model="m", kind="chat", started=Instant(1.0, 0))
+    at = Instant(1748772000.0, 1000)
+    for delta in (
+        {"role": "assistant", "content": "Hi"},
+        {"content": " there"},
+        {"content": "!", "tool_calls": None},
+    ):
+        assert translator.plain_content(_chunk(delta), at) == delta["content"]
+    for event in (
+        _chunk({"content": ""}),
+        _chunk({"reasoning": "r"}),
+        _chunk({"content": "x"}, "stop"),
+        USAGE,
+    ):
+        assert translator.plain_content(event, at) is None

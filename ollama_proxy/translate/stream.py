@@ -16,7 +16,7 @@ from ollama_proxy.errors import BackendError
 from ollama_proxy.json_codec import parse_event
 from ollama_proxy.sse import SSEDecoder, SSEEvent
 from ollama_proxy.translate.replies import Instant, StreamTranslator
-from ollama_proxy.wire.ollama import error_line, ndjson_line
+from ollama_proxy.wire.ollama import ContentLines, error_line, ndjson_line
 
 # A backend stream event that is not JSON is skipped rather than ending the stream; this many in a row
 # means the backend is not speaking OpenAI SSE at all.
@@ -82,7 +82,14 @@ class _OllamaEvents:
 class OllamaStream(_OllamaEvents):
     """Ollama's stream translator (chunk objects) as an :class:`EventTranslator`: NDJSON lines."""
 
+    def __init__(self, translator: StreamTranslator) -> None:
+        super().__init__(translator)
+        self._lines = ContentLines(translator.model, translator.kind)
+
     def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
+        text = self.translator.plain_content(event, at)
+        if text is not None:  # most events: a content delta, written from a template
+            return self._lines.line(text, at)
         chunks = self.translator.feed(event, at)
         if len(chunks) == 1:  # the usual event: one content delta
             return ndjson_line(chunks[0])
@@ -110,7 +117,8 @@ class OllamaWhole(_OllamaEvents):
         return self.translator.failed or self.error is not None
 
     def feed(self, event: Mapping[str, Any], at: Instant) -> bytes:
-        self._keep(self.translator.feed(event, at))
+        if self.translator.plain_content(event, at) is None:  # else its text is kept
+            self._keep(self.translator.feed(event, at))
         return b""
 
     def finish(self, at: Instant) -> bytes:

@@ -13,7 +13,9 @@ from typing import Any
 
 from ollama_proxy.errors import BackendRejected, ModelNotFound, ProxyError
 from ollama_proxy.exchange import Exchange, Family
-from ollama_proxy.json_codec import json_line
+from ollama_proxy.json_codec import compact_json, json_line
+from ollama_proxy.translate.replies import Instant, Kind
+from ollama_proxy.translate.timestamps import rfc3339_utc
 from ollama_proxy.wire.answer import Answer, Wire, json_answer
 
 NDJSON_TYPE = b"application/x-ndjson"
@@ -22,6 +24,27 @@ NDJSON_TYPE = b"application/x-ndjson"
 def ndjson_line(obj: Mapping[str, Any]) -> bytes:
     """One NDJSON line: compact JSON and a newline, never a blank line."""
     return json_line(obj)
+
+
+class ContentLines:
+    """The NDJSON line of a chunk that carries nothing but content, from a template: the bytes of
+    ``ndjson_line(ollama_reply(model, kind, at, content=text))``, with only the text encoded per chunk
+    and the rest once per clock reading (the chunks of one backend read share it)."""
+
+    def __init__(self, model: str, kind: Kind) -> None:
+        self._model = compact_json(model)
+        self._chat = kind == "chat"
+        self._tail = b'},"done":false}\n' if self._chat else b',"done":false}\n'
+        self._at: Instant | None = None
+        self._head = b""
+
+    def line(self, text: str, at: Instant) -> bytes:
+        if at is not self._at:
+            self._at = at
+            stamp = rfc3339_utc(at.wall).encode("ascii")
+            field = b'","message":{"role":"assistant","content":' if self._chat else b'","response":'
+            self._head = b'{"model":' + self._model + b',"created_at":"' + stamp + field
+        return self._head + compact_json(text) + self._tail
 
 
 def ndjson_answer(lines: Iterable[Mapping[str, Any]]) -> Answer:
