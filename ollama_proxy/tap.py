@@ -70,6 +70,21 @@ class Options(usage.Options):
             # twistd builds its log observer from its --logger after parsing options, so setting it
             # here is what makes `twistd ollamaproxy --log-format json` print JSON lines from the start.
             parent["logger"] = "ollama_proxy.logs.json_observer"
+        elif _logs_text_to_stdout(parent):
+            # The same lines as twistd's own observer, which formats each line's time from scratch.
+            parent["logger"] = "ollama_proxy.logs.text_observer"
+
+
+def _logs_text_to_stdout(twistd_options: Any) -> bool:
+    """Where twistd itself would print its text lines to standard output: in the foreground, with no
+    ``--logfile`` (or ``--logfile -``), no ``--syslog`` and no ``--logger`` of the operator's."""
+    if twistd_options is None or twistd_options.get("logger"):
+        return False
+    return bool(
+        twistd_options.get("nodaemon")
+        and twistd_options.get("logfile") in (None, "", "-")
+        and not twistd_options.get("syslog")
+    )
 
 
 def _check_endpoints(endpoints: tuple[str, ...]) -> None:

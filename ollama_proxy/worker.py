@@ -19,11 +19,11 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from twisted.logger import ILogObserver, LogEvent, globalLogBeginner, textFileLogObserver
+from twisted.logger import ILogObserver, LogEvent, globalLogBeginner
 from zope.interface import provider
 
 from ollama_proxy.balance import ConnectionBoard, TakeTurns
-from ollama_proxy.logs import json_observer
+from ollama_proxy.logs import json_observer, text_observer
 from ollama_proxy.open_files import raise_open_file_limit
 from ollama_proxy.sdnotify import attach_notifier
 from ollama_proxy.signals import ignore_from_now_on, install_when_running, stop_once
@@ -38,7 +38,7 @@ def worker_observer(log_format: str, index: int) -> ILogObserver:
     ``worker=N`` after the namespace in text)."""
     pid = os.getpid()
     json_lines = log_format == "json"
-    inner = json_observer(sys.stdout) if json_lines else textFileLogObserver(sys.stdout)
+    inner = json_observer(sys.stdout) if json_lines else text_observer(sys.stdout)
 
     @provider(ILogObserver)
     def observe(event: LogEvent) -> None:

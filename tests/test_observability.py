@@ -2,23 +2,30 @@
 
 from __future__ import annotations
 
+import io
 import json
+import os
 import re
 import sys
+import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import pytest
 import pytest_twisted
 import treq
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
 from treq.client import HTTPClient
-from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher
+from twisted.logger import ILogObserver, LogEvent, formatEvent, globalLogPublisher, textFileLogObserver
+from twisted.scripts._twistd_unix import ServerOptions
 from twisted.web.client import Agent, HTTPConnectionPool
 from twisted.web.http_headers import Headers
 from zope.interface import implementer
 
-from ollama_proxy.logs import event_as_json
+from ollama_proxy.logs import event_as_json, json_observer, text_observer
 from ollama_proxy.metrics import endpoint_label, model_label
 from tests.fake_backend import ChatScript
 from tests.support import (
@@ -190,6 +197,85 @@ async def test_a_disconnected_stream_still_gets_its_access_event(
     assert event["bytes_out"] > 0
     requests = proxy.service.app.metrics.requests
     assert requests.labels("ollama", "/api/chat", "POST", "499")._value.get() == 1
+
+
+# Around Berlin's spring change (2026-03-29 01:00 UTC) and its autumn one (2026-10-25 01:00 UTC), where the
+# zone's offset in each line changes between two seconds.
+_DST_CHANGES = (1_774_746_000.0, 1_792_890_000.0)
+
+
+@contextmanager
+def berlin_time() -> Iterator[None]:
+    saved = os.environ.get("TZ")
+    os.environ["TZ"] = "Europe/Berlin"
+    time.tzset()
+    try:
+        yield
+    finally:
+        if saved is None:
+            del os.environ["TZ"]
+        else:
+            os.environ["TZ"] = saved
+        time.tzset()
+
+
+def _lines(observer_for: Any, times: list[float | None]) -> str:
+    stream = io.StringIO()
+    observer = observer_for(stream)
+    for index, when in enumerate(times):
+        observer(
+            {"log_format": "line {n}", "n": index, "log_time": when, "log_namespace": "t", "log_level": None}
+        )
+    return stream.getvalue()
+
+
+@given(
+    st.lists(
+        st.one_of(
+            st.none(),
+            st.sampled_from(_DST_CHANGES).flatmap(lambda t: st.floats(t - 3, t + 3)),
+            st.floats(1_600_000_000, 1_900_000_000),
+        ),
+        max_size=30,
+    )
+)
+def test_the_text_lines_are_twistds_own_whatever_the_times(times: list[float | None]) -> None:
+    """The observer keeps each second's timestamp: its lines must still be exactly twistd's, line by line,
+    for times in and out of order, within one second and across a change of the zone's offset."""
+    with berlin_time():
+        assert _lines(text_observer, times) == _lines(textFileLogObserver, times)
+
+
+def test_the_text_lines_across_a_change_of_offset() -> None:
+    spring = _DST_CHANGES[0]
+    with berlin_time():
+        lines = _lines(text_observer, [spring - 0.5, spring - 0.25, spring, spring + 0.75]).splitlines()
+    assert [line.split(" ", 1)[0] for line in lines] == [
+        "2026-03-29T01:59:59+0100",
+        "2026-03-29T01:59:59+0100",
+        "2026-03-29T03:00:00+0200",
+        "2026-03-29T03:00:00+0200",
+    ]
+
+
+def _twistd_observer(*arguments: str) -> Any:
+    options = ServerOptions()
+    options.parseOptions([*arguments, "ollamaproxy", "--backend", "http://127.0.0.1:1/v1"])
+    return options["logger"]
+
+
+def test_twistd_prints_the_daemons_lines_where_it_would_print_its_own() -> None:
+    assert _twistd_observer("-n") is text_observer
+    assert _twistd_observer("-n", "--logfile", "-") is text_observer
+    # Elsewhere twistd's own observer writes them: its log file (rotated on SIGUSR1) or syslog.
+    assert _twistd_observer("-n", "--logfile", "daemon.log") is None
+    assert _twistd_observer("--logfile", "daemon.log") is None
+    assert _twistd_observer("-n", "--syslog") is None
+    # An operator's own observer is theirs to keep.
+    assert _twistd_observer("-n", "--logger", "twisted.logger.textFileLogObserver") is textFileLogObserver
+    options = ServerOptions()
+    options.parseOptions(["-n", "ollamaproxy", "--backend", "http://127.0.0.1:1/v1", "--log-format", "json"])
+    assert options["logger"] is json_observer
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:
