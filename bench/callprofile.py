@@ -19,8 +19,7 @@ import signal
 import tempfile
 from pathlib import Path
 
-from bench import canned
-from bench.procs import VENV_BIN, Processes, free_port, port_open, wait_for
+from bench.procs import VENV_BIN, Processes, free_port, port_open, start_canned_nginx, wait_for
 from bench.run import ensure_tools
 from bench.scenarios import SCENARIOS
 from bench.wrk import run_wrk, write_script
@@ -48,16 +47,7 @@ def profile(key: str, seconds: int, connections: int, top: int, tree: str | None
     if load_cpu is not None:
         os.sched_setaffinity(0, {load_cpu})
     try:
-        port = free_port()
-        os.chmod(work, 0o755)  # noqa: S103 -- nginx's workers (user nobody) read it
-        conf = canned.write_nginx_config(work, port)
-        nginx = procs.spawn(
-            "nginx",
-            [nginx_bin, "-p", str(work), "-e", str(work / "nginx-error.log"), "-c", str(conf)],
-            load_cpu,
-            work / "nginx.out",
-        )
-        wait_for(lambda: port_open(port), 15, "nginx", nginx)
+        port, _ = start_canned_nginx(procs, nginx_bin, load_cpu)
         daemon_port = free_port()
         stats = work / "daemon.prof"
         command = [

@@ -16,6 +16,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from bench import canned
+
 REPO = Path(__file__).resolve().parent.parent
 VENV_BIN = Path(sys.executable).parent
 
@@ -114,11 +116,33 @@ def which(name: str) -> str | None:
     return shutil.which(name, path=os.environ.get("PATH", "") + ":/usr/sbin:/sbin")
 
 
+def start_canned_nginx(
+    procs: Processes, nginx_bin: str, cpu: int | None
+) -> tuple[int, subprocess.Popen[bytes]]:
+    """nginx serving the canned replies (``canned.py``) from the work directory, on a free loopback port."""
+    port = free_port()
+    workdir = procs.workdir
+    os.chmod(workdir, 0o755)  # noqa: S103 -- nginx's workers (user nobody) read it
+    conf = canned.write_nginx_config(workdir, port)
+    command = [nginx_bin, "-p", str(workdir), "-e", str(workdir / "nginx-error.log"), "-c", str(conf)]
+    proc = procs.spawn("nginx", command, cpu, workdir / "nginx.out")
+    wait_for(lambda: port_open(port), 15, "nginx", proc)
+    return port, proc
+
+
 class Daemon:
-    """``twistd -n ollamaproxy`` in front of one backend, on its own loopback port."""
+    """``twistd -n ollamaproxy`` in front of one backend, on its own loopback port (``env``: say, the
+    ``PYTHONPATH`` of another checkout's code)."""
 
     def __init__(
-        self, procs: Processes, name: str, backend: str, cpu: int | None, extra: list[str] | None = None
+        self,
+        procs: Processes,
+        name: str,
+        backend: str,
+        cpu: int | None,
+        extra: list[str] | None = None,
+        *,
+        env: dict[str, str] | None = None,
     ) -> None:
         self.port = free_port()
         self.log = procs.workdir / f"daemon-{name}.log"
@@ -135,7 +159,7 @@ class Daemon:
         ]
         self.command = command
         self._procs = procs
-        self.proc = procs.spawn(f"daemon-{name}", command, cpu, self.log)
+        self.proc = procs.spawn(f"daemon-{name}", command, cpu, self.log, env=env)
         # Read through one open handle: the log stays readable even if a /tmp cleaner removes the file.
         self._reader = self.log.open("rb")
         try:

@@ -49,6 +49,7 @@ from bench.procs import (
     clean_env,
     free_port,
     port_open,
+    start_canned_nginx,
     supports_option,
     wait_for,
     which,
@@ -218,14 +219,7 @@ class Bench:
     # -- backends ------------------------------------------------------------------------------------------
 
     def start_nginx(self) -> int:
-        port = free_port()
-        os.chmod(self.workdir, 0o755)  # noqa: S103 -- nginx's workers (user nobody) read it
-        conf = canned.write_nginx_config(self.workdir, port)
-        command = [self.nginx_bin, "-p", str(self.workdir), "-e", str(self.workdir / "nginx-error.log")]
-        proc = self.procs.spawn(
-            "nginx", [*command, "-c", str(conf)], self.load_cpu, self.workdir / "nginx.out"
-        )
-        wait_for(lambda: port_open(port), 15, "nginx", proc)
+        port, proc = start_canned_nginx(self.procs, self.nginx_bin, self.load_cpu)
         self.nginx_pid = proc.pid  # the master; its worker is a child, counted with it
         self.nginx_port = port
         log(f"nginx with canned replies on 127.0.0.1:{port}")
