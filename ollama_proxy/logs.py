@@ -13,6 +13,7 @@ second line or repaint a terminal, while the JSON format keeps the raw value (JS
 from __future__ import annotations
 
 import json
+import math
 import sys
 import time
 from typing import IO, Any, overload
@@ -125,6 +126,9 @@ def json_observer(stream: IO[str] | None = None) -> ILogObserver:
     return FileLogObserver(stream or sys.stdout, event_as_json)
 
 
+_LAST_MICROSECOND = 0.999_999
+
+
 def text_observer(stream: IO[str] | None = None) -> ILogObserver:
     """twistd's own text lines, on standard output (``twistd -n`` without ``--logfile``: the foreground,
     systemd's and a container's case), with each second's timestamp formatted once.
@@ -141,7 +145,10 @@ def text_observer(stream: IO[str] | None = None) -> ILogObserver:
         nonlocal last_second, last_text
         if when is None:
             return formatTime(when)
-        second = int(when)
+        second = math.floor(when)  # before 1970 too: the second a time falls in, not toward zero
+        if when - second >= _LAST_MICROSECOND:
+            # datetime rounds a time to the microsecond, so this one may print as the next second.
+            return formatTime(when)
         if second != last_second:
             last_second, last_text = second, formatTime(when)
         return last_text

@@ -8,7 +8,7 @@ import os
 import re
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
@@ -219,7 +219,7 @@ def berlin_time() -> Iterator[None]:
         time.tzset()
 
 
-def _lines(observer_for: Any, times: list[float | None]) -> str:
+def _lines(observer_for: Any, times: Sequence[float | None]) -> str:
     stream = io.StringIO()
     observer = observer_for(stream)
     for index, when in enumerate(times):
@@ -235,6 +235,9 @@ def _lines(observer_for: Any, times: list[float | None]) -> str:
             st.none(),
             st.sampled_from(_DST_CHANGES).flatmap(lambda t: st.floats(t - 3, t + 3)),
             st.floats(1_600_000_000, 1_900_000_000),
+            st.floats(-3, 3),  # either side of 1970, where a second is not what int() rounds toward
+            # Within a microsecond of a second's end, which datetime rounds up into the next second.
+            st.sampled_from(_DST_CHANGES).flatmap(lambda t: st.sampled_from([t - 2.4e-7, t - 8e-7])),
         ),
         max_size=30,
     )
@@ -242,6 +245,14 @@ def _lines(observer_for: Any, times: list[float | None]) -> str:
 def test_the_text_lines_are_twistds_own_whatever_the_times(times: list[float | None]) -> None:
     """The observer keeps each second's timestamp: its lines must still be exactly twistd's, line by line,
     for times in and out of order, within one second and across a change of the zone's offset."""
+    with berlin_time():
+        assert _lines(text_observer, times) == _lines(textFileLogObserver, times)
+
+
+@pytest.mark.parametrize("second", [1_774_746_000, 1_800_000_000, 0])
+def test_a_time_a_fraction_of_a_microsecond_before_a_second_prints_as_the_next(second: int) -> None:
+    # datetime rounds to the microsecond: the second of such a time is not the one it falls in.
+    times = [second - 0.5, second - 2.4e-7, second - 0.25, second + 0.1]
     with berlin_time():
         assert _lines(text_observer, times) == _lines(textFileLogObserver, times)
 
