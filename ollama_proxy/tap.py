@@ -66,20 +66,20 @@ class Options(usage.Options):
             raise SystemExit(2) from None
         self.config = config
         parent: Any = getattr(self, "parent", None)  # twistd's own options, when run by twistd
-        if config.log_format == "json" and parent is not None and not parent.get("logger"):
-            # twistd builds its log observer from its --logger after parsing options, so setting it
-            # here is what makes `twistd ollamaproxy --log-format json` print JSON lines from the start.
-            parent["logger"] = "ollama_proxy.logs.json_observer"
-        elif _logs_text_to_stdout(parent):
-            # The same lines as twistd's own observer, which formats each line's time from scratch.
-            parent["logger"] = "ollama_proxy.logs.text_observer"
+        # twistd builds its log observer from its --logger after parsing options, so setting it here is
+        # what makes `twistd ollamaproxy --log-format json` print JSON lines from the start.  An
+        # operator's own --logger is kept.
+        if parent is not None and not parent.get("logger"):
+            if config.log_format == "json":
+                parent["logger"] = "ollama_proxy.logs.json_observer"
+            elif _logs_to_stdout(parent):
+                # The same lines as twistd's own observer, which formats each line's time from scratch.
+                parent["logger"] = "ollama_proxy.logs.text_observer"
 
 
-def _logs_text_to_stdout(twistd_options: Any) -> bool:
+def _logs_to_stdout(twistd_options: Any) -> bool:
     """Where twistd itself would print its text lines to standard output: in the foreground, with no
-    ``--logfile`` (or ``--logfile -``), no ``--syslog`` and no ``--logger`` of the operator's."""
-    if twistd_options is None or twistd_options.get("logger"):
-        return False
+    ``--logfile`` (or ``--logfile -``) and no ``--syslog``."""
     return bool(
         twistd_options.get("nodaemon")
         and twistd_options.get("logfile") in (None, "", "-")

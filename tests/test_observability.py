@@ -269,9 +269,9 @@ def test_the_text_lines_across_a_change_of_offset() -> None:
     ]
 
 
-def _twistd_observer(*arguments: str) -> Any:
+def _twistd_observer(*arguments: str, daemon: tuple[str, ...] = ()) -> Any:
     options = ServerOptions()
-    options.parseOptions([*arguments, "ollamaproxy", "--backend", "http://127.0.0.1:1/v1"])
+    options.parseOptions([*arguments, "ollamaproxy", "--backend", "http://127.0.0.1:1/v1", *daemon])
     return options["logger"]
 
 
@@ -284,9 +284,7 @@ def test_twistd_prints_the_daemons_lines_where_it_would_print_its_own() -> None:
     assert _twistd_observer("-n", "--syslog") is None
     # An operator's own observer is theirs to keep.
     assert _twistd_observer("-n", "--logger", "twisted.logger.textFileLogObserver") is textFileLogObserver
-    options = ServerOptions()
-    options.parseOptions(["-n", "ollamaproxy", "--backend", "http://127.0.0.1:1/v1", "--log-format", "json"])
-    assert options["logger"] is json_observer
+    assert _twistd_observer("-n", daemon=("--log-format", "json")) is json_observer
 
 
 def test_twistd_log_format_json_prints_one_object_per_line() -> None:
