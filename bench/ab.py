@@ -11,6 +11,8 @@ are compared.  The other version is an older commit's worktree:
     .venv/bin/python -m bench.ab --a ../before --scenarios tags chat-stream --rounds 8
 
 With ``--a . --b .`` it compares one version's scenarios with each other (the stream scenarios' ratios).
+``--paced 100x50`` compares the realistic streams instead (``bench/paced_backend.py``, the C client when a
+compiler is here): the daemon's cores per 1,000 relayed events a second, and the events' added latency.
 """
 
 from __future__ import annotations
@@ -18,12 +20,18 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
+import sys
 import tempfile
+import time
+from functools import partial
 from pathlib import Path
+from typing import Any
 
-from bench.procs import REPO, Daemon, Processes, start_canned_nginx
+from bench import paced
+from bench.paced_client import build_c_client, run_client
+from bench.procs import REPO, Daemon, Processes, free_port, port_open, start_canned_nginx, wait_for
 from bench.procstat import cpu_seconds
-from bench.run import ensure_tools
+from bench.run import ensure_tools, paced_check
 from bench.scenarios import SCENARIOS
 from bench.wrk import run_wrk, write_script
 
@@ -71,6 +79,80 @@ def compare(
     return results
 
 
+def compare_paced(
+    trees: dict[str, str], streams: int, rate: float, rounds: int, seconds: float
+) -> dict[str, list[dict[str, Any]]]:
+    """Each version's figures (``bench.paced.figures`` and the latencies) for ``streams`` paced streams,
+    one record per round."""
+    work = Path(tempfile.mkdtemp(prefix="olp-ab-paced-"))
+    procs = Processes(work)
+    cpus = sorted(os.sched_getaffinity(0))
+    load_cpu, daemon_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
+    if load_cpu is not None:
+        os.sched_setaffinity(0, {load_cpu})
+    binary, _ = build_c_client(work)
+    results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
+    ramp = 1.0
+    try:
+        port = free_port()
+        events = max(2, round(rate * seconds))
+        command = [sys.executable, "-m", "bench.paced_backend", "--port", str(port)]
+        command += [
+            "--rate",
+            str(rate),
+            "--events",
+            str(events),
+            "--lifetime",
+            str(rounds * 4 * (seconds + 20)),
+        ]
+        backend = procs.spawn("paced-backend", command, load_cpu, work / "paced-backend.log")
+        wait_for(partial(port_open, port), 15, "the paced backend", backend)
+        limit = ["--max-concurrent", str(streams + 16)]
+        daemons = {
+            name: Daemon(
+                procs,
+                name,
+                f"http://127.0.0.1:{port}/v1",
+                daemon_cpu,
+                limit,
+                env={"PYTHONPATH": str(Path(tree).resolve())},
+            )
+            for name, tree in trees.items()
+        }
+        for name, daemon in daemons.items():
+            for _ in range(2):
+                problem = paced_check(daemon.port, "/api/chat")
+                if problem:
+                    raise SystemExit(f"paced streams through {name}: {problem}")
+        for round_number in range(rounds):
+            order = list(daemons) if round_number % 2 == 0 else list(reversed(daemons))
+            for name in order:
+                daemon = daemons[name]
+                time.sleep(0.5)
+                run: dict[str, Any] = {"streams": streams, "offered_per_s": streams * rate}
+                run.update(
+                    run_client(
+                        port=daemon.port,
+                        path="/api/chat",
+                        streams=streams,
+                        ramp=ramp,
+                        timeout=seconds + 60,
+                        pid=daemon.pid,
+                        load_pids=[backend.pid],
+                        cpu=load_cpu,
+                        binary=binary,
+                        workdir=work,
+                    )
+                )
+                if "error" in run or run.get("errors"):
+                    raise SystemExit(f"paced streams through {name}: {run.get('error') or run['errors']}")
+                run.update(paced.figures(run))
+                results[name].append(run)
+    finally:
+        procs.stop_all()
+    return results
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.ab", description=__doc__.split("\n\n")[0])
     parser.add_argument("--a", required=True, help="the other version's checkout (a worktree)")
@@ -79,7 +161,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seconds", type=int, default=3, help="per wrk cell")
     parser.add_argument("--connections", type=int, default=10)
+    parser.add_argument("--paced", help="STREAMSxRATE: the realistic streams instead of the scenarios")
+    parser.add_argument("--paced-seconds", type=float, default=6.0, help="each stream's length (6)")
     args = parser.parse_args()
+    if args.paced:
+        [(streams, rate)] = paced.parse_specs([args.paced])
+        paced_runs = compare_paced({"A": args.a, "B": args.b}, streams, rate, args.rounds, args.paced_seconds)
+        print(f"{streams} paced streams x {rate:g} events/s, median of {args.rounds} rounds")
+        for label, pick in (
+            ("cores per 1k events/s", lambda run: run["cores_per_1k_events"]),
+            ("latency p50 ms", lambda run: run["latency"]["p50_ms"]),
+            ("latency p99 ms", lambda run: run["latency"]["p99_ms"]),
+        ):
+            a, b = (statistics.median(pick(run) for run in paced_runs[name]) for name in ("A", "B"))
+            rounds_text = "  ".join(
+                f"{pick(x):.3f}/{pick(y):.3f}" for x, y in zip(paced_runs["A"], paced_runs["B"], strict=True)
+            )
+            print(f"{label:22s} A {a:.3f}  B {b:.3f}  B/A {b / a:.3f}   rounds A/B: {rounds_text}")
+        return
     results = compare({"A": args.a, "B": args.b}, args.scenarios, args.rounds, args.seconds, args.connections)
     print(f"CPU ms per request at c={args.connections}, median of {args.rounds} rounds of {args.seconds} s")
     for key in args.scenarios:

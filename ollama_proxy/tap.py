@@ -53,8 +53,11 @@ class Options(usage.Options):
     def postOptions(self) -> None:
         try:
             config = build_config(self, os.environ, self["config"], tuple(self.listen), tuple(self.backends))
-            # Before Twisted's networking is imported (the endpoint check below is the first to).
+            # Before Twisted's networking is imported, which the daemon's reactor module is the first to do.
             leave_tls_out([backend.url for backend in config.backends], config.listen)
+            from ollama_proxy.reactor import install_unless_chosen
+
+            install_unless_chosen()  # before anything imports twisted.internet.reactor (the check below)
             _check_endpoints(config.listen)
             if config.workers > 1:
                 from ollama_proxy.supervisor import check_shareable

@@ -103,6 +103,8 @@ def test_twistd_serves_the_ollama_sdk(backend_process: str, tmp_path: Path) -> N
         child_env(OPENAI_API_KEY="sk-never-logged"),
     )
     try:
+        # The daemon's own reactor (ollama_proxy/reactor.py), installed by its option parsing.
+        assert daemon.wait_for(r"reactor class: (\S+)\.").group(1) == "ollama_proxy.reactor.SendingReactor"
         url = daemon.wait_for(r"listening on (http://\S+)").group(1)
         client = ollama.Client(host=url)
         assert "qwen:latest" in [m.model for m in client.list().models]
