@@ -1112,6 +1112,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_quiet(args.wait_quiet)
     RESULTS.mkdir(parents=True, exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="olpbench-"))
+    # Before the run: it writes its profiles into bench/results, which would mark the code measured dirty.
+    machine = machine_facts(nginx, wrk)
     bench = Bench(args, workdir, nginx, wrk)
     try:
         results = bench.run()
@@ -1124,7 +1126,7 @@ def main(argv: list[str] | None = None) -> int:
     results["date"] = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     results["command"] = command_line(argv)
     results["wall_seconds"] = round(time.monotonic() - wall, 1)
-    results["machine"] = machine_facts(nginx, wrk)
+    results["machine"] = machine
     results["config"] = {
         "quick": args.quick,
         "duration": args.duration,

@@ -11,8 +11,10 @@ leave in one ``send``, and epoll watches a socket only when the kernel's buffer 
 It also dispatches each event without ``twisted.python.log.callWithLogger``, which builds a legacy log
 context (a ``logPrefix`` call, two dictionaries, a context stack push and pop) around every read and write
 so that old-style ``log.msg`` calls made inside can name the connection in their ``system`` field.  The
-daemon logs through ``twisted.logger``, which never reads that context; an event handler's unexpected
-error is still logged, and the loop goes on with the next event.
+daemon logs through ``twisted.logger``, which never reads that context.  What changes is Twisted's own
+report of an exception a protocol raised: it is logged as before, and the connection is dropped as before,
+but the line's ``system`` field says ``-`` instead of naming the connection.  An unexpected error outside
+a protocol's handlers is logged too, and the loop goes on with the next event.
 
 ``twistd ollamaproxy``'s option parsing installs it (``install_unless_chosen``) when no reactor is installed
 yet: an operator's own ``twistd --reactor`` is kept, and so is the reactor of a program that imports the

@@ -20,7 +20,7 @@ from twisted.internet.protocol import Factory, Protocol
 
 from ollama_proxy import reactor as reactor_module
 from ollama_proxy.reactor import SendingReactor
-from tests.support import ROOT, child_env, logged
+from tests.support import ROOT, Child, child_env, logged
 
 # Comfortably more than a loopback socket's send and receive buffers together.
 _BIG = 16 * 2**20
@@ -215,3 +215,15 @@ def test_twisteds_own_reactor_suites_pass_on_it(tmp_path: Path) -> None:
     passed = re.search(r"(\d+) passed", done.stdout)
     assert passed, done.stdout[-400:]
     assert int(passed.group(1)) > 150  # the suites were found and ran
+
+
+def test_twistd_keeps_the_reactor_an_operator_chose() -> None:
+    twistd = [sys.executable, "-m", "tests.twistd_measured", "--reactor=epoll", "-n", "--pidfile="]
+    plugin = ["ollamaproxy", "--backend", "http://127.0.0.1:9/v1", "--listen", "tcp:0:interface=127.0.0.1"]
+    daemon = Child([*twistd, *plugin], child_env())
+    try:
+        reactor_class = daemon.wait_for(r"reactor class: (\S+)\.").group(1)
+        assert reactor_class == "twisted.internet.epollreactor.EPollReactor"
+        daemon.wait_for(r"listening on http://")
+    finally:
+        daemon.stop()
