@@ -377,6 +377,7 @@ class ProxyChannel(HTTPChannel):
     transport: Any  # a TCP (or UNIX, or TLS) transport: it can abort and half-close
     client_host: str | None = None  # the peer's IP address, for the per-client limit
     admitted = False  # counted among the site's connections (not refused over a limit)
+    _own_address: Any = None
     _head_deadline: IDelayedCall | None = None
     _body_deadline: IDelayedCall | None = None
     _stall: IDelayedCall | None = None
@@ -388,6 +389,13 @@ class ProxyChannel(HTTPChannel):
     @property
     def _limits(self) -> ClientLimits:
         return self.site.limits
+
+    def getHost(self) -> Any:  # noqa: N802 -- Twisted's name
+        """The connection's own address, asked of the kernel once: Twisted's ``Request`` asks for it on
+        every request it makes (a ``getsockname`` and an address object each), and it cannot change."""
+        if self._own_address is None:
+            self._own_address = self.transport.getHost()
+        return self._own_address
 
     def connectionMade(self) -> None:
         super().connectionMade()

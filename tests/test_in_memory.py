@@ -8,7 +8,9 @@ from __future__ import annotations
 from typing import Any
 
 import pytest
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import ensureDeferred
+from twisted.internet.testing import StringTransport
 
 from ollama_proxy.catalog import PROPS_TIMEOUT
 from ollama_proxy.resilience import BreakerState
@@ -277,3 +279,28 @@ def test_a_props_that_never_answers_holds_the_model_list_for_its_bound_only() ->
     # Described by /models alone: the default tools, not /props' "no tools".
     assert reply.json()["models"][0]["capabilities"] == ["completion", "tools"]
     assert running.backend.disconnects == 1  # the /props request was given up, not left open
+
+
+def test_a_keep_alive_connection_asks_for_its_own_address_once() -> None:
+    """Twisted's ``Request`` reads the connection's local address for every request; the channel asks the
+    transport (a ``getsockname``) once."""
+    daemon = MemoryDaemon()
+    transport = StringTransport(
+        hostAddress=IPv4Address("TCP", "127.0.0.1", 11434), peerAddress=IPv4Address("TCP", "10.0.0.1", 40000)
+    )
+    asked: list[Any] = []
+    own_address = transport.getHost
+
+    def counted() -> Any:
+        asked.append(None)
+        return own_address()
+
+    transport.getHost = counted  # type: ignore[method-assign]
+    channel = daemon.service.site.buildProtocol(transport.getPeer())
+    channel.makeConnection(transport)
+    for _ in range(3):
+        channel.dataReceived(b"GET /api/version HTTP/1.1\r\nHost: x\r\n\r\n")
+        daemon.pump()
+    assert transport.value().count(b"HTTP/1.1 200 OK") == 3
+    assert len(asked) == 1
+    assert channel.getHost() == IPv4Address("TCP", "127.0.0.1", 11434)
