@@ -18,7 +18,6 @@ compiler is here): the daemon's cores per 1,000 relayed events a second, and the
 from __future__ import annotations
 
 import argparse
-import os
 import statistics
 import sys
 import tempfile
@@ -29,7 +28,16 @@ from typing import Any
 
 from bench import paced
 from bench.paced_client import build_c_client, run_client
-from bench.procs import REPO, Daemon, Processes, free_port, port_open, start_canned_nginx, wait_for
+from bench.procs import (
+    REPO,
+    Daemon,
+    Processes,
+    free_port,
+    port_open,
+    split_cpus,
+    start_canned_nginx,
+    wait_for,
+)
 from bench.procstat import cpu_seconds
 from bench.run import ensure_tools, paced_check
 from bench.scenarios import SCENARIOS
@@ -43,10 +51,7 @@ def compare(
     nginx_bin, wrk = ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="olp-ab-"))
     procs = Processes(work)
-    cpus = sorted(os.sched_getaffinity(0))
-    load_cpu, daemon_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
-    if load_cpu is not None:
-        os.sched_setaffinity(0, {load_cpu})
+    load_cpu, daemon_cpu = split_cpus()
     scenarios = {s.key: s for s in SCENARIOS}
     results: dict[tuple[str, str], list[float]] = {(key, name): [] for key in keys for name in trees}
     try:
@@ -86,10 +91,7 @@ def compare_paced(
     one record per round."""
     work = Path(tempfile.mkdtemp(prefix="olp-ab-paced-"))
     procs = Processes(work)
-    cpus = sorted(os.sched_getaffinity(0))
-    load_cpu, daemon_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
-    if load_cpu is not None:
-        os.sched_setaffinity(0, {load_cpu})
+    load_cpu, daemon_cpu = split_cpus()
     binary, _ = build_c_client(work)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
     ramp = 1.0

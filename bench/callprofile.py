@@ -13,13 +13,12 @@ the calls per request are.
 from __future__ import annotations
 
 import argparse
-import os
 import pstats
 import signal
 import tempfile
 from pathlib import Path
 
-from bench.procs import VENV_BIN, Processes, free_port, port_open, start_canned_nginx, wait_for
+from bench.procs import VENV_BIN, Processes, free_port, port_open, split_cpus, start_canned_nginx, wait_for
 from bench.run import ensure_tools
 from bench.scenarios import SCENARIOS
 from bench.wrk import run_wrk, write_script
@@ -42,10 +41,7 @@ def profile(key: str, seconds: int, connections: int, top: int, tree: str | None
     nginx_bin, wrk = ensure_tools()
     work = Path(tempfile.mkdtemp(prefix="olp-callprofile-"))
     procs = Processes(work)
-    cpus = sorted(os.sched_getaffinity(0))
-    load_cpu, daemon_cpu = (cpus[0], cpus[1]) if len(cpus) > 1 else (None, None)
-    if load_cpu is not None:
-        os.sched_setaffinity(0, {load_cpu})
+    load_cpu, daemon_cpu = split_cpus()
     try:
         port, _ = start_canned_nginx(procs, nginx_bin, load_cpu)
         daemon_port = free_port()

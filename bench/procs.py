@@ -64,6 +64,16 @@ def pin(pid: int, cpu: int | None) -> None:
             os.sched_setaffinity(pid, {cpu})
 
 
+def split_cpus() -> tuple[int | None, int | None]:
+    """The load's CPU and the daemon's, this process moved to the load's (what it starts inherits it);
+    ``(None, None)``, and nothing moved, on a machine with one CPU."""
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return None, None
+    os.sched_setaffinity(0, {cpus[0]})
+    return cpus[0], cpus[1]
+
+
 class Processes:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
