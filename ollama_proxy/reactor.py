@@ -6,7 +6,9 @@ again).  A stream relays one small write per backend event, so each event paid t
 more dispatch through the loop before its line left, and every non-streamed reply and backend request
 paid the same once.  This reactor keeps the sockets written to in one pass and sends to them when the
 pass's events have all been handled: a write is sent sooner, several writes to one socket in a pass still
-leave in one ``send``, and epoll watches a socket only when the kernel's buffer was full.
+leave in one ``send``, and epoll watches a socket only when the kernel's buffer was full.  A writer's
+``doWrite`` is therefore called without epoll having said there is room: every Twisted transport writes
+without blocking and takes a full buffer as a send of nothing, and the daemon has no other writers.
 
 It also dispatches each event without ``twisted.python.log.callWithLogger``, which builds a legacy log
 context (a ``logPrefix`` call, two dictionaries, a context stack push and pop) around every read and write
@@ -40,7 +42,8 @@ class SendingReactor(epollreactor.EPollReactor):
         super().__init__()
 
     def addWriter(self, writer: Any) -> None:  # noqa: N802 -- Twisted's name
-        if writer.fileno() not in self._writes:
+        # Not one already waiting for room: watched by epoll, or polled because epoll refused it (a file).
+        if writer.fileno() not in self._writes and not self._continuousPolling.isWriting(writer):
             self._unsent[writer] = None
 
     def removeWriter(self, writer: Any) -> None:  # noqa: N802 -- Twisted's name
@@ -56,11 +59,12 @@ class SendingReactor(epollreactor.EPollReactor):
         unsent = list(self._unsent)
         self._unsent.clear()
         removed: list[Any] = super().removeAll()
-        return removed + [writer for writer in unsent if writer not in removed]
+        seen = set(removed)
+        return removed + [writer for writer in unsent if writer not in seen]
 
     def _send_unsent(self) -> None:
         """Send what this pass wrote.  A socket whose buffer could not take it all is handed to epoll; one
-        written to again during these sends waits for the next pass (which ``timeout`` makes come at once),
+        written to again during these sends waits for the next pass (which then polls without waiting),
         so that a producer refilling its buffer on every send cannot hold the loop here."""
         for writer in list(self._unsent):
             if writer not in self._unsent:  # closed by an earlier send's consequences
@@ -73,15 +77,17 @@ class SendingReactor(epollreactor.EPollReactor):
     def _dispatch(self, selectable: Any, fd: int, event: int) -> None:
         try:
             self._doReadOrWrite(selectable, fd, event)
-        except Exception:
+        except KeyboardInterrupt:
+            raise
+        except BaseException:
+            # As callWithLogger did: one handler's failure, even SystemExit's, is not the loop's.
             _log.failure("unexpected error handling {selectable!r}", selectable=selectable)
 
-    def timeout(self) -> float | None:
-        # Written to outside this loop's dispatch (by timed calls, threads, before the loop started):
-        # poll without waiting, and send at the end of that pass.
-        return 0 if self._unsent else super().timeout()
-
     def doPoll(self, timeout: float | None) -> None:  # noqa: N802 -- Twisted's name
+        if self._unsent:
+            # Written to outside a pass's dispatch (by timed calls, threads, before the loop started, or
+            # again during the last pass's sends): poll without waiting, and send at the end of this pass.
+            timeout = 0
         try:
             events = self._poller.poll(-1 if timeout is None else timeout, len(self._selectables))
         except OSError as err:

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from twisted.internet.abstract import FileDescriptor
 from twisted.internet.protocol import Factory, Protocol
 
 from ollama_proxy import reactor as reactor_module
@@ -139,16 +140,72 @@ def test_a_closing_write_arrives_before_the_end_of_the_connection(sending: Sendi
         assert bytes(got) == b"bye:x"
 
 
-def test_a_write_from_a_timed_call_does_not_wait_for_the_next_timer(sending: SendingReactor) -> None:
+class _Poller:
+    """The reactor's epoll object, recording how long each poll was allowed to wait."""
+
+    def __init__(self, poller: Any) -> None:
+        self._poller = poller
+        self.waits: list[float] = []
+
+    def poll(self, timeout: float, maxevents: int) -> Any:
+        self.waits.append(timeout)
+        return self._poller.poll(timeout, maxevents)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._poller, name)
+
+
+@pytest.mark.parametrize("driven_by", ["the loop", "iterate"])
+def test_a_write_from_a_timed_call_does_not_wait_out_the_poll(
+    sending: SendingReactor, driven_by: str
+) -> None:
     client, made = _served(sending, lambda: _Answer(lambda _: []))
+    poller = _Poller(sending._poller)
+    sending._poller = poller
     with client:
         sending.callLater(0, made[0].transport.write, b"tick")  # type: ignore[union-attr]
-        sending.callLater(3600, lambda: None)  # what the loop would otherwise wait for
-        sending.runUntilCurrent()
-        assert sending.timeout() == 0
-        sending.doIteration(sending.timeout())
+        sending.callLater(5, lambda: None)  # what the loop would otherwise wait for
+        if driven_by == "iterate":
+            sending.iterate(5)
+        else:
+            sending.runUntilCurrent()
+            sending.doIteration(sending.timeout())
+        assert poller.waits == [0]
         assert _received(client) == b"tick"
-        assert (sending.timeout() or 0) > 3000
+        _passes(sending, lambda: True)
+        assert poller.waits[-1] > 0  # nothing unsent: the next pass waits again
+
+
+class _ThreeBytesAtATime(FileDescriptor):
+    """A writer on a regular file, which epoll refuses to watch, taking three bytes a send."""
+
+    def __init__(self, fd: int, reactor: SendingReactor) -> None:
+        super().__init__(reactor)
+        self.fd = fd
+        self.connected = 1
+
+    def fileno(self) -> int:
+        return self.fd
+
+    def writeSomeData(self, data: bytes) -> int:  # noqa: N802 -- Twisted's name
+        return os.write(self.fd, bytes(data[:3]))
+
+
+def test_a_writer_epoll_refuses_is_polled_until_its_bytes_are_out(
+    sending: SendingReactor, tmp_path: Path
+) -> None:
+    path = tmp_path / "out"
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+    try:
+        writer = _ThreeBytesAtATime(fd, sending)
+        writer.write(b"abcdef")
+        _passes(sending, lambda: True)
+        writer.write(b"ghi")  # while it is polled for the rest: not also among the unsent
+        assert sending.getWriters().count(writer) == 1
+        _passes(sending, lambda: path.read_bytes() == b"abcdefghi")
+        _passes(sending, lambda: writer not in sending.getWriters())
+    finally:
+        os.close(fd)
 
 
 def test_an_error_in_a_handler_is_logged_and_the_loop_goes_on(sending: SendingReactor) -> None:
