@@ -44,6 +44,29 @@ from bench.scenarios import SCENARIOS
 from bench.wrk import run_wrk, write_script
 
 
+def _daemons(
+    procs: Processes, trees: dict[str, str], backend: str, cpu: int | None, extra: list[str] | None = None
+) -> dict[str, Daemon]:
+    """One daemon per version, each importing its own checkout's code, all on ``cpu``."""
+    return {
+        name: Daemon(procs, name, backend, cpu, extra, env={"PYTHONPATH": str(Path(tree).resolve())})
+        for name, tree in trees.items()
+    }
+
+
+def _turns(daemons: dict[str, Daemon], round_number: int) -> list[str]:
+    """The versions in this round's order: the other way round every second round."""
+    return list(daemons) if round_number % 2 == 0 else list(reversed(daemons))
+
+
+def _row(label: str, width: int, a: list[float], b: list[float]) -> str:
+    """One measure's medians for both versions, their ratio, and every round's pair."""
+    a_median, b_median = statistics.median(a), statistics.median(b)
+    rounds = "  ".join(f"{x:.3f}/{y:.3f}" for x, y in zip(a, b, strict=True))
+    ratio = b_median / a_median
+    return f"{label:{width}s} A {a_median:.3f}  B {b_median:.3f}  B/A {ratio:.3f}   rounds A/B: {rounds}"
+
+
 def compare(
     trees: dict[str, str], keys: list[str], rounds: int, seconds: int, connections: int
 ) -> dict[tuple[str, str], list[float]]:
@@ -56,17 +79,12 @@ def compare(
     results: dict[tuple[str, str], list[float]] = {(key, name): [] for key in keys for name in trees}
     try:
         port, _ = start_canned_nginx(procs, nginx_bin, load_cpu)
-        backend = f"http://127.0.0.1:{port}/v1"
-        daemons = {
-            name: Daemon(procs, name, backend, daemon_cpu, env={"PYTHONPATH": str(Path(tree).resolve())})
-            for name, tree in trees.items()
-        }
+        daemons = _daemons(procs, trees, f"http://127.0.0.1:{port}/v1", daemon_cpu)
         for round_number in range(rounds):
             for key in keys:
                 scenario = scenarios[key]
                 script = write_script(work, key, scenario.daemon)
-                order = list(daemons) if round_number % 2 == 0 else list(reversed(daemons))
-                for name in order:
+                for name in _turns(daemons, round_number):
                     daemon = daemons[name]
                     url = f"http://127.0.0.1:{daemon.port}{scenario.daemon.path}"
                     if round_number == 0:  # warm-up: the pool, the model list, the first of everything
@@ -94,7 +112,6 @@ def compare_paced(
     load_cpu, daemon_cpu = split_cpus()
     binary, _ = build_c_client(work)
     results: dict[str, list[dict[str, Any]]] = {name: [] for name in trees}
-    ramp = 1.0
     try:
         port = free_port()
         events = max(2, round(rate * seconds))
@@ -110,25 +127,14 @@ def compare_paced(
         backend = procs.spawn("paced-backend", command, load_cpu, work / "paced-backend.log")
         wait_for(partial(port_open, port), 15, "the paced backend", backend)
         limit = ["--max-concurrent", str(streams + 16)]
-        daemons = {
-            name: Daemon(
-                procs,
-                name,
-                f"http://127.0.0.1:{port}/v1",
-                daemon_cpu,
-                limit,
-                env={"PYTHONPATH": str(Path(tree).resolve())},
-            )
-            for name, tree in trees.items()
-        }
+        daemons = _daemons(procs, trees, f"http://127.0.0.1:{port}/v1", daemon_cpu, limit)
         for name, daemon in daemons.items():
             for _ in range(2):
                 problem = paced_check(daemon.port, "/api/chat")
                 if problem:
                     raise SystemExit(f"paced streams through {name}: {problem}")
         for round_number in range(rounds):
-            order = list(daemons) if round_number % 2 == 0 else list(reversed(daemons))
-            for name in order:
+            for name in _turns(daemons, round_number):
                 daemon = daemons[name]
                 time.sleep(0.5)
                 run: dict[str, Any] = {"streams": streams, "offered_per_s": streams * rate}
@@ -137,7 +143,7 @@ def compare_paced(
                         port=daemon.port,
                         path="/api/chat",
                         streams=streams,
-                        ramp=ramp,
+                        ramp=1.0,
                         timeout=seconds + 60,
                         pid=daemon.pid,
                         load_pids=[backend.pid],
@@ -175,19 +181,16 @@ def main() -> None:
             ("latency p50 ms", lambda run: run["latency"]["p50_ms"]),
             ("latency p99 ms", lambda run: run["latency"]["p99_ms"]),
         ):
-            a, b = (statistics.median(pick(run) for run in paced_runs[name]) for name in ("A", "B"))
-            rounds_text = "  ".join(
-                f"{pick(x):.3f}/{pick(y):.3f}" for x, y in zip(paced_runs["A"], paced_runs["B"], strict=True)
+            print(
+                _row(
+                    label, 22, [pick(run) for run in paced_runs["A"]], [pick(run) for run in paced_runs["B"]]
+                )
             )
-            print(f"{label:22s} A {a:.3f}  B {b:.3f}  B/A {b / a:.3f}   rounds A/B: {rounds_text}")
         return
     results = compare({"A": args.a, "B": args.b}, args.scenarios, args.rounds, args.seconds, args.connections)
     print(f"CPU ms per request at c={args.connections}, median of {args.rounds} rounds of {args.seconds} s")
     for key in args.scenarios:
-        a, b = (statistics.median(results[(key, name)]) for name in ("A", "B"))
-        pairs = zip(results[(key, "A")], results[(key, "B")], strict=True)
-        rounds = "  ".join(f"{x:.3f}/{y:.3f}" for x, y in pairs)
-        print(f"{key:18s} A {a:.3f}  B {b:.3f}  B/A {b / a:.3f}   rounds A/B: {rounds}")
+        print(_row(key, 18, results[(key, "A")], results[(key, "B")]))
 
 
 if __name__ == "__main__":

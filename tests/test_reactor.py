@@ -39,14 +39,14 @@ def sending() -> Iterator[SendingReactor]:
         reader.connectionLost(None)
 
 
-def _passes(reactor: SendingReactor, done: Callable[[], bool], limit: int = 2000) -> int:
-    """Run loop passes (as ``mainLoop`` does) until ``done``; how many it took."""
-    for count in range(1, limit + 1):
+def _passes(reactor: SendingReactor, done: Callable[[], bool], limit: int = 2000) -> None:
+    """Run loop passes (as ``mainLoop`` does) until ``done``."""
+    for _ in range(limit):
         reactor.runUntilCurrent()
         wait = reactor.timeout()
         reactor.doIteration(0.05 if wait is None else min(wait, 0.05))
         if done():
-            return count
+            return
     raise AssertionError(f"not done after {limit} passes")
 
 
